@@ -1,0 +1,89 @@
+"""Causal self-attention with multi-query heads, qk-norm and rotary-xPos."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import GPT4Config
+from .kernels import KERNELS, AttentionBias
+from .kv_cache import KVCache
+from .positional import RotaryTables, apply_rotary
+
+
+class QKNorm(nn.Module):
+    """l2-normalise queries and keys per head, then scale (cosine-similarity attention).
+
+    With `dim_scale`: learned per-dimension gains for q `(h, 1, d)` and k `(kv_heads, 1, d)`,
+    initialised to d^0.25 each, softmax scale d^-0.5 (lineage: x-transformers). Without: a
+    learned per-head temperature `(h, 1, 1)` initialised to `init_scale` (lineage: 10).
+    Either way |q·k| is bounded by the learned scales, whatever the activations.
+    """
+
+    def __init__(self, heads: int, kv_heads: int, dim_head: int, dim_scale: bool, init_scale: float) -> None:
+        super().__init__()
+        self.dim_head, self.dim_scale, self.init_scale = dim_head, dim_scale, init_scale
+        if dim_scale:
+            self.q_scale = nn.Parameter(torch.empty(heads, 1, dim_head))
+            self.k_scale = nn.Parameter(torch.empty(kv_heads, 1, dim_head))
+        else:
+            self.temperature = nn.Parameter(torch.empty(heads, 1, 1))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.dim_scale:
+            nn.init.constant_(self.q_scale, self.dim_head**0.25)
+            nn.init.constant_(self.k_scale, self.dim_head**0.25)
+        else:
+            nn.init.constant_(self.temperature, self.init_scale)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
+        """-> (normed q, normed k, softmax scale to apply to q·k)."""
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        if self.dim_scale:
+            return q * self.q_scale, k * self.k_scale, self.dim_head**-0.5
+        return q, k, self.temperature
+
+
+class Attention(nn.Module):
+    """`(b, n, dim) -> (b, n, dim)`. One fused q/k/v projection: `dim -> (heads + 2·kv_heads)·dim_head`;
+    with `attn_one_kv_head` the k and v parts are `dim -> dim_head` each (multi-query)."""
+
+    def __init__(self, cfg: GPT4Config, layer: int) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.dim_head, self.layer = cfg.heads, cfg.kv_heads, cfg.dim_head, layer
+        self.depth = cfg.depth
+        self.to_qkv = nn.Linear(cfg.dim, (cfg.heads + 2 * cfg.kv_heads) * cfg.dim_head, bias=False)
+        self.to_out = nn.Linear(cfg.heads * cfg.dim_head, cfg.dim, bias=False)
+        self.qk_norm = (QKNorm(cfg.heads, cfg.kv_heads, cfg.dim_head, cfg.attn_qk_norm_dim_scale,
+                               cfg.attn_qk_norm_scale) if cfg.use_qk_norm else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.to_qkv.weight, std=0.02)
+        nn.init.normal_(self.to_out.weight, std=0.02 / math.sqrt(2 * self.depth))
+
+    def forward(self, x: Tensor, rotary: RotaryTables | None, bias: AttentionBias, kernel: str,
+                cache: KVCache | None = None) -> Tensor:
+        b, n, _ = x.shape
+        h, kvh, d = self.heads, self.kv_heads, self.dim_head
+        q, k, v = self.to_qkv(x).split((h * d, kvh * d, kvh * d), dim=-1)
+        q = q.view(b, n, h, d).transpose(1, 2)  # (b, h, n, d)
+        k = k.view(b, n, kvh, d).transpose(1, 2)  # (b, kvh, n, d)
+        v = v.view(b, n, kvh, d).transpose(1, 2)
+
+        scale: Tensor | float = d**-0.5
+        if self.qk_norm is not None:
+            q, k, scale = self.qk_norm(q, k)
+        if rotary is not None:
+            q = apply_rotary(q, rotary.q_cos, rotary.q_sin)
+            k = apply_rotary(k, rotary.k_cos, rotary.k_sin)
+        q = q * scale
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (b, kvh, cached + n, d)
+
+        out = KERNELS[kernel](q, k, v, bias)  # (b, h, n, d)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))

@@ -1,0 +1,88 @@
+"""Pre-norm decoder blocks and the decoder stack that shares positions across them."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .attention import Attention
+from .config import GPT4Config
+from .feedforward import FeedForward
+from .kernels import AttentionBias, causal_bias
+from .kv_cache import KVCache
+from .norms import LayerNorm
+from .positional import Alibi, RotaryTables, RotaryXPos
+
+
+def compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
+    """The dtype matmuls run in on `device`: autocast's when it is on, else `default`."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return default
+
+
+class DecoderBlock(nn.Module):
+    """x + attn(norm(x)), then x + ff(norm(x)). The unit that parallelism wraps (FSDP, AC, compile)."""
+
+    def __init__(self, cfg: GPT4Config, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = LayerNorm(cfg.dim)
+        self.attn = Attention(cfg, layer)
+        self.ff_norm = LayerNorm(cfg.dim)
+        self.ff = FeedForward(cfg.dim, cfg.ff_mult, cfg.depth)
+
+    def forward(self, x: Tensor, rotary: RotaryTables | None, bias: AttentionBias, kernel: str,
+                cache: KVCache | None = None) -> Tensor:  # (b, n, dim) -> (b, n, dim)
+        x = x + self.attn(self.attn_norm(x), rotary, bias, kernel, cache)
+        return x + self.ff(self.ff_norm(x))
+
+
+class Decoder(nn.Module):
+    """`depth` blocks and a final norm. Rotary tables and the attention bias are built here once
+    per forward and handed to every block."""
+
+    def __init__(self, cfg: GPT4Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.depth))
+        self.rotary = (RotaryXPos(cfg.rotary_dim, use_xpos=True, scale_base=cfg.rotary_xpos_scale_base,
+                                  center=cfg.max_seq_len // 2) if cfg.rotary_xpos else None)
+        self.alibi = Alibi(cfg.alibi_num_heads, cfg.heads) if cfg.alibi_pos_bias else None
+        self.norm = LayerNorm(cfg.dim)
+
+    def kernel_for(self, device: torch.device, q_len: int, k_len: int) -> str:
+        """reference math without `attn_flash`; else FlexAttention on CUDA (or when asked),
+        SDPA otherwise. Cached decoding (q_len != k_len) uses SDPA: its bias is only q_len rows."""
+        if not self.cfg.attn_flash:
+            return "reference"
+        backend = self.cfg.attn_backend
+        if backend == "auto":
+            backend = "flex" if device.type == "cuda" else "sdpa"
+        return "sdpa" if backend == "flex" and q_len != k_len else backend
+
+    def attention_bias(self, kernel: str, q_len: int, k_len: int, device: torch.device,
+                       dtype: torch.dtype) -> AttentionBias:
+        heads = self.cfg.heads
+        if kernel == "flex":  # computed inside the kernel
+            return AttentionBias(None, 0, self.alibi.slopes if self.alibi is not None else None)
+        if kernel == "sdpa" and q_len == k_len:  # only ALiBi heads need a mask; others use is_causal
+            if self.alibi is None:
+                return AttentionBias(None, 0, None)
+            return AttentionBias(self.alibi.dense_bias(q_len, k_len, dtype), self.alibi.alibi_heads, None)
+        # reference math, or q_len != k_len: a full (q_len × k_len) bias for every head
+        if self.alibi is None:
+            return AttentionBias(causal_bias(q_len, k_len, device, dtype), heads, None)
+        return AttentionBias(self.alibi.dense_bias(q_len, k_len, dtype, heads=heads), heads, None)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # (b, n, dim) -> (b, n, dim)
+        n = x.shape[1]
+        offset = cache.length if cache is not None else 0
+        dtype = compute_dtype(x.device, x.dtype)
+        kernel = self.kernel_for(x.device, n, offset + n)
+        bias = self.attention_bias(kernel, n, offset + n, x.device, dtype)
+        rotary = self.rotary(offset, n) if self.rotary is not None else None
+        for block in self.blocks:
+            x = block(x, rotary, bias, kernel, cache)
+        if cache is not None:
+            cache.advance(n)
+        return self.norm(x)

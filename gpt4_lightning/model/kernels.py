@@ -1,0 +1,99 @@
+"""Causal attention kernels. All take queries already multiplied by the softmax scale.
+
+Shapes: q `(b, h, q_len, d)`, k and v `(b, kv_heads, k_len, d)` with kv_heads 1 or h; the
+last `q_len` positions of `k_len` attend (right-aligned causal mask, as with a KV cache).
+
+Three paths, numerically equal (tests): `reference_attention` (plain matmul + softmax),
+`sdpa_attention` (PyTorch fused SDPA with a cached additive bias), `flex_attention_causal`
+(FlexAttention: causal block mask and ALiBi `score_mod` computed inside the kernel, nothing
+n×n in memory; compiled on CUDA).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class AttentionBias(NamedTuple):
+    """What a kernel needs to know about positions, built once per forward by the decoder.
+
+    dense: additive bias `(biased_heads or 1, q_len, k_len)` with the causal mask folded in
+        (-inf), for heads `[:biased_heads]`; heads after that attend with a plain causal mask
+        (only when q_len == k_len). None: every head plain causal.
+    biased_heads: how many leading heads `dense` covers.
+    slopes: ALiBi slopes `(h,)` (0 for unbiased heads), used by the FlexAttention path.
+    """
+
+    dense: Tensor | None
+    biased_heads: int
+    slopes: Tensor | None
+
+
+def causal_bias(q_len: int, k_len: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """`(1, q_len, k_len)` additive mask: 0 where position j <= i (right-aligned), -inf after."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    return torch.zeros(q_len, k_len, device=device, dtype=dtype).masked_fill(k_pos > q_pos, float("-inf"))[None]
+
+
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tensor:
+    """softmax(q·kᵀ + bias)·v written out; the `attn_flash=False` path and the ground truth."""
+    scores = q @ k.transpose(-1, -2)  # (b, h, q_len, k_len); one kv head broadcasts over h
+    assert bias.dense is not None and bias.biased_heads == q.shape[1], "reference path needs a full bias"
+    scores = scores.float() + bias.dense
+    return (scores.softmax(dim=-1).to(v.dtype)) @ v
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tensor:
+    """`F.scaled_dot_product_attention`, split by head: biased heads get the additive bias,
+    the rest take the `is_causal` fast path (no mask read at all)."""
+    h = q.shape[1]
+    if k.shape[1] == 1:  # a view; with a mask the fused kernels beat `enable_gqa`
+        k, v = k.expand(-1, h, -1, -1), v.expand(-1, h, -1, -1)
+    sdpa = functools.partial(F.scaled_dot_product_attention, scale=1.0)
+    if bias.dense is None:
+        return sdpa(q, k, v, is_causal=True)
+    hb = bias.biased_heads
+    if hb == h:
+        return sdpa(q, k, v, attn_mask=bias.dense)
+    biased = sdpa(q[:, :hb], k[:, :hb], v[:, :hb], attn_mask=bias.dense)
+    return torch.cat((biased, sdpa(q[:, hb:], k[:, hb:], v[:, hb:], is_causal=True)), dim=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _causal_block_mask(seq_len: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx >= kv_idx
+
+    return create_block_mask(causal, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
+
+
+@functools.cache
+def _flex_kernel(device_type: str):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # FlexAttention is only fast compiled; CPU tests run it eagerly (forward only there).
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+
+
+def flex_attention_causal(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tensor:
+    """FlexAttention with the causal mask as a block mask and ALiBi as a `score_mod` (q_len == k_len)."""
+    slopes = bias.slopes
+    score_mod = None
+    if slopes is not None:
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx - kv_idx)
+
+    block_mask = _causal_block_mask(q.shape[-2], str(q.device))
+    return _flex_kernel(q.device.type)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
+                                       enable_gqa=k.shape[1] != q.shape[1])
+
+
+KERNELS = {"reference": reference_attention, "sdpa": sdpa_attention, "flex": flex_attention_causal}

@@ -1,0 +1,67 @@
+"""The Transformer: embeddings, the decoder, logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import GPT4Config
+from .decoder import Decoder
+from .embedding import AbsolutePositionalEmbedding, TokenEmbedding
+from .kv_cache import KVCache
+
+
+def check_tokens(tokens: Tensor, cfg: GPT4Config, offset: int = 0) -> None:
+    """Raise `ValueError` naming the problem for a token tensor the model cannot take."""
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"tokens must be a torch.Tensor of shape (batch, seq_len), got {type(tokens).__name__}")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must be an integer tensor (torch.long), got dtype {tokens.dtype}")
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must have shape (batch, seq_len), got {tuple(tokens.shape)} ({tokens.ndim}-D)")
+    if tokens.shape[1] == 0:
+        raise ValueError("tokens must hold at least one position, got seq_len 0")
+    end = offset + tokens.shape[1]
+    if end > cfg.max_seq_len and not cfg.can_extrapolate:
+        raise ValueError(
+            f"sequence length {end} exceeds max_seq_len={cfg.max_seq_len} and use_abs_pos_emb=True has no "
+            f"positions past it; shorten the input to <= {cfg.max_seq_len} tokens or raise max_seq_len"
+        )
+    if tokens.device.type != "meta" and tokens.numel() and bool(((tokens < 0) | (tokens >= cfg.num_tokens)).any()):
+        lo, hi = int(tokens.min()), int(tokens.max())
+        raise ValueError(
+            f"token ids must be in [0, num_tokens={cfg.num_tokens}), got values in [{lo}, {hi}]; "
+            "check the tokenizer's vocab size against num_tokens"
+        )
+
+
+class Transformer(nn.Module):
+    """`(b, n)` token ids -> `(b, n, num_tokens)` logits."""
+
+    def __init__(self, cfg: GPT4Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_emb = TokenEmbedding(cfg.num_tokens, cfg.dim)
+        self.abs_pos_emb = AbsolutePositionalEmbedding(cfg.dim, cfg.max_seq_len) if cfg.use_abs_pos_emb else None
+        self.decoder = Decoder(cfg)
+        self.to_logits = nn.Linear(cfg.dim, cfg.num_tokens, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.to_logits.weight, std=0.02)
+
+    def init_weights(self) -> None:
+        """(Re-)initialise every parameter and buffer, e.g. after building on the meta device and
+        sharding. Each module initialises the `nn.Linear`s it owns, so bare Linears are skipped."""
+        for module in self.modules():
+            if not isinstance(module, nn.Linear) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+        offset = cache.length if cache is not None else 0
+        check_tokens(tokens, self.cfg, offset)
+        x = self.token_emb(tokens)  # (b, n, dim)
+        if self.abs_pos_emb is not None:
+            x = x + self.abs_pos_emb(offset, tokens.shape[1])
+        x = self.decoder(x, cache)
+        return self.to_logits(x)  # (b, n, num_tokens)

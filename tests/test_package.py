@@ -1,0 +1,63 @@
+"""The seed's class: signature, default size on the meta device, the usage snippet."""
+
+import inspect
+
+import pytest
+import torch
+
+from gpt4_lightning import GPT4
+from xt_reference import build_xtransformers
+
+SEED_SIGNATURE = [
+    ("num_tokens", 50432), ("max_seq_len", 8192), ("dim", 2560), ("depth", 32), ("dim_head", 128),
+    ("heads", 24), ("use_abs_pos_emb", False), ("alibi_pos_bias", True), ("alibi_num_heads", 12),
+    ("rotary_xpos", True), ("attn_flash", True), ("attn_one_kv_head", True), ("qk_norm", True),
+    ("attn_qk_norm", True), ("attn_qk_norm_dim_scale", True),
+]
+
+
+def test_signature_is_the_seeds():
+    params = list(inspect.signature(GPT4).parameters.values())
+    named = [(p.name, p.default) for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    assert named == SEED_SIGNATURE
+    assert params[-1].kind is inspect.Parameter.VAR_KEYWORD  # decoder extras
+
+
+def test_default_size_on_meta_matches_lineage_count(capsys):
+    with torch.device("meta"):
+        model = GPT4()
+        reference = build_xtransformers(model.config)
+    count = model.num_params()
+    print(f"GPT4() parameters: {count:,}")
+    assert count == sum(p.numel() for p in reference.parameters())
+    assert 2.4e9 < count < 2.5e9
+    assert all(p.device.type == "meta" for p in model.parameters())
+    logits = model(torch.zeros(3, 8192, dtype=torch.long, device="meta"))
+    assert logits.shape == (3, 8192, 50432)
+
+
+def test_seed_usage_snippet_small():
+    model = GPT4(num_tokens=512, max_seq_len=64, dim=64, depth=2, dim_head=16, heads=4, alibi_num_heads=2)
+    tokens = torch.randint(0, 512, (3, 64))
+    output = model.forward(tokens)
+    assert output.shape == (3, 64, 512)
+    assert output.dtype == torch.float32 and torch.isfinite(output).all()
+
+
+def test_unknown_decoder_kwarg_is_named():
+    with pytest.raises(ValueError, match="attn_flashh"):
+        GPT4(attn_flashh=True)
+
+
+def test_init_weights_reinitialises_after_meta_build():
+    with torch.device("meta"):
+        model = GPT4(num_tokens=256, max_seq_len=64, dim=64, depth=2, dim_head=16, heads=4, alibi_num_heads=2)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    block = model.net.decoder.blocks[0]
+    assert torch.equal(block.attn_norm.gamma, torch.ones(64))
+    assert torch.allclose(block.attn.qk_norm.q_scale, torch.full_like(block.attn.qk_norm.q_scale, 16**0.25))
+    assert 0.015 < model.net.to_logits.weight.std() < 0.025
+    assert torch.count_nonzero(model.net.decoder.alibi.slopes) == 2
+    logits = model(torch.randint(0, 256, (2, 16)))
+    assert torch.isfinite(logits).all()
