@@ -4,9 +4,9 @@ import inspect
 
 import pytest
 import torch
+from xt_reference import build_xtransformers
 
 from gpt4_lightning import GPT4
-from xt_reference import build_xtransformers
 
 SEED_SIGNATURE = [
     ("num_tokens", 50432), ("max_seq_len", 8192), ("dim", 2560), ("depth", 32), ("dim_head", 128),

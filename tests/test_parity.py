@@ -4,9 +4,9 @@ arguments and the same weights gives the same logits, flag by flag."""
 import pytest
 import torch
 from conftest import TINY, perturb_
+from xt_reference import build_xtransformers, copy_weights
 
 from gpt4_lightning import GPT4
-from xt_reference import build_xtransformers, copy_weights
 
 FLAG_SETS = {
     "all_seed_flags": {},

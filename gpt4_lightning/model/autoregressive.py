@@ -42,7 +42,8 @@ class AutoregressiveWrapper(nn.Module):
         """Mean cross-entropy of predicting `tokens[:, 1:]` from `tokens[:, :-1]`. `(b, n + 1)` -> scalar.
         Targets equal to `ignore_index` do not count."""
         if isinstance(tokens, Tensor) and tokens.ndim == 2 and tokens.shape[1] < 2:
-            raise ValueError(f"loss needs windows of >= 2 tokens (inputs + next-token targets), got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"loss needs windows of >= 2 tokens (inputs + next-token targets), got {tuple(tokens.shape)}")
         logits = self.net(tokens[:, :-1])
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=self.ignore_index)
 
