@@ -62,17 +62,14 @@ class Decoder(nn.Module):
 
     def attention_bias(self, kernel: str, q_len: int, k_len: int, device: torch.device,
                        dtype: torch.dtype) -> AttentionBias:
-        heads = self.cfg.heads
-        if kernel == "flex":  # computed inside the kernel
-            return AttentionBias(None, 0, self.alibi.slopes if self.alibi is not None else None)
-        if kernel == "sdpa" and q_len == k_len:  # only ALiBi heads need a mask; others use is_causal
-            if self.alibi is None:
-                return AttentionBias(None, 0, None)
-            return AttentionBias(self.alibi.dense_bias(q_len, k_len, dtype), self.alibi.alibi_heads, None)
-        # reference math, or q_len != k_len: a full (q_len × k_len) bias for every head
-        if self.alibi is None:
-            return AttentionBias(causal_bias(q_len, k_len, device, dtype), heads, None)
-        return AttentionBias(self.alibi.dense_bias(q_len, k_len, dtype, heads=heads), heads, None)
+        slopes = self.alibi.slopes if self.alibi is not None else None
+        if kernel == "flex":  # mask and ALiBi are computed inside the kernel
+            return AttentionBias(None, slopes)
+        if self.alibi is not None:
+            return AttentionBias(self.alibi.dense_bias(q_len, k_len, dtype), slopes)
+        if kernel == "sdpa" and q_len == k_len:
+            return AttentionBias(None, None)  # SDPA's is_causal
+        return AttentionBias(causal_bias(q_len, k_len, device, dtype), None)
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # (b, n, dim) -> (b, n, dim)
         n = x.shape[1]

@@ -22,47 +22,35 @@ from torch import Tensor
 class AttentionBias(NamedTuple):
     """What a kernel needs to know about positions, built once per forward by the decoder.
 
-    dense: additive bias `(biased_heads or 1, q_len, k_len)` with the causal mask folded in
-        (-inf), for heads `[:biased_heads]`; heads after that attend with a plain causal mask
-        (only when q_len == k_len). None: every head plain causal.
-    biased_heads: how many leading heads `dense` covers.
-    slopes: ALiBi slopes `(h,)` (0 for unbiased heads), used by the FlexAttention path.
+    dense: additive bias `(1, h or 1, q_len, k_len)` with the causal mask folded in (-inf);
+        None means plain causal attention (q_len == k_len), for SDPA's `is_causal` fast path.
+    slopes: ALiBi slopes `(h,)` (0 for heads without ALiBi), for the FlexAttention path.
     """
 
     dense: Tensor | None
-    biased_heads: int
     slopes: Tensor | None
 
 
 def causal_bias(q_len: int, k_len: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """`(1, q_len, k_len)` additive mask: 0 where position j <= i (right-aligned), -inf after."""
+    """`(1, 1, q_len, k_len)` additive mask: 0 where position j <= i (right-aligned), -inf after."""
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
-    return torch.zeros(q_len, k_len, device=device, dtype=dtype).masked_fill(k_pos > q_pos, float("-inf"))[None]
+    mask = torch.zeros(q_len, k_len, device=device, dtype=dtype).masked_fill(k_pos > q_pos, float("-inf"))
+    return mask[None, None]
 
 
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tensor:
     """softmax(q·kᵀ + bias)·v written out; the `attn_flash=False` path and the ground truth."""
+    assert bias.dense is not None, "the reference path takes the causal mask as a dense bias"
     scores = q @ k.transpose(-1, -2)  # (b, h, q_len, k_len); one kv head broadcasts over h
-    assert bias.dense is not None and bias.biased_heads == q.shape[1], "reference path needs a full bias"
-    scores = scores.float() + bias.dense
-    return (scores.softmax(dim=-1).to(v.dtype)) @ v
+    return (scores.float() + bias.dense).softmax(dim=-1).to(v.dtype) @ v
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tensor:
-    """`F.scaled_dot_product_attention`, split by head: biased heads get the additive bias,
-    the rest take the `is_causal` fast path (no mask read at all)."""
-    h = q.shape[1]
-    if k.shape[1] == 1:  # a view; with a mask the fused kernels beat `enable_gqa`
-        k, v = k.expand(-1, h, -1, -1), v.expand(-1, h, -1, -1)
-    sdpa = functools.partial(F.scaled_dot_product_attention, scale=1.0)
-    if bias.dense is None:
-        return sdpa(q, k, v, is_causal=True)
-    hb = bias.biased_heads
-    if hb == h:
-        return sdpa(q, k, v, attn_mask=bias.dense)
-    biased = sdpa(q[:, :hb], k[:, :hb], v[:, :hb], attn_mask=bias.dense)
-    return torch.cat((biased, sdpa(q[:, hb:], k[:, hb:], v[:, hb:], is_causal=True)), dim=1)
+    """`F.scaled_dot_product_attention`: `is_causal` without a bias, else the 4-D additive bias."""
+    if k.shape[1] != q.shape[1]:  # one kv head: a view; faster than `enable_gqa` with a mask on CPU
+        k, v = k.expand(-1, q.shape[1], -1, -1), v.expand(-1, q.shape[1], -1, -1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense, is_causal=bias.dense is None, scale=1.0)
 
 
 @functools.lru_cache(maxsize=8)

@@ -52,19 +52,19 @@ class Alibi(nn.Module):
             self.slopes.copy_(alibi_slopes(self.alibi_heads, self.total_heads))
         self._cache = None
 
-    def dense_bias(self, q_len: int, k_len: int, dtype: torch.dtype, heads: int | None = None) -> Tensor:
-        """Additive bias `(heads, q_len, k_len)` for the last `q_len` of `k_len` positions, causal
-        positions set to -inf. `heads` defaults to the ALiBi heads only."""
-        heads = self.alibi_heads if heads is None else heads
-        key = (q_len, k_len, dtype, heads, self.slopes.device)
+    def dense_bias(self, q_len: int, k_len: int, dtype: torch.dtype) -> Tensor:
+        """Additive bias `(1, heads, q_len, k_len)` for the last `q_len` of `k_len` positions, with
+        the causal mask folded in (-inf); zero distance term on the heads without ALiBi. 4-D so
+        SDPA takes its fused kernel (a 3-D mask falls back to the unfused math path on CPU)."""
+        key = (q_len, k_len, dtype, self.slopes.device)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         device = self.slopes.device
         q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
         k_pos = torch.arange(k_len, device=device)[None, :]
         distance = (q_pos - k_pos).float()  # (q_len, k_len), >= 0 where attended
-        bias = -self.slopes[:heads, None, None] * distance
-        bias = bias.masked_fill(k_pos > q_pos, float("-inf")).to(dtype)
+        bias = -self.slopes[:, None, None] * distance
+        bias = bias.masked_fill(k_pos > q_pos, float("-inf")).to(dtype)[None]
         if not torch.compiler.is_compiling():
             self._cache = (key, bias)
         return bias
