@@ -84,6 +84,13 @@ def xt_reference() -> Any:
     return xt_reference
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds spent by every process on the machine (non-idle jiffies in /proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def build(name: str, args: argparse.Namespace) -> tuple[nn.Module, Any]:
     """-> (module to optimise, step_loss(tokens (b, n + 1)) -> scalar loss)."""
     kwargs = dict(num_tokens=args.num_tokens, max_seq_len=args.seq, dim=args.dim, depth=args.depth,
@@ -128,12 +135,15 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
 
     for _ in range(args.warmup):
         step()
-    start = time.perf_counter()
+    start, own_start, all_start = time.perf_counter(), time.process_time(), busy_cpu_s()
     for _ in range(args.steps):
         step()
     elapsed = time.perf_counter() - start
+    others_s = busy_cpu_s() - all_start - (time.process_time() - own_start)
     return dict(tokens_per_s=args.batch * args.seq * args.steps / elapsed, step_s=elapsed / args.steps,
-                peak_mib=peak_rss_mib() - rss_before, params=sum(p.numel() for p in model.parameters()))
+                peak_mib=peak_rss_mib() - rss_before, params=sum(p.numel() for p in model.parameters()),
+                # cores busy with other processes while timing: OpenMP threads stall when they share cores
+                other_load=max(others_s / elapsed, 0.0))
 
 
 def run_worker(name: str, args: argparse.Namespace) -> dict[str, float]:
@@ -168,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append({"order": order, "results": results})
         line = ", ".join(f"{n} {results[n]['tokens_per_s']:.0f} tok/s" for n in order)
         print(f"round {r}: {line}", flush=True)
+        busy = {n: round(res["other_load"], 2) for n, res in results.items()
+                if res["other_load"] > 0.2 and res["step_s"] * args.steps > 0.5}  # /proc/stat ticks: 10 ms
+        if busy:  # another process shared the cores while these were timed
+            print(f"  warning: other processes busy during {busy} (cores); those timings are unreliable")
 
     summary: dict[str, dict[str, float]] = {}
     for name in names:

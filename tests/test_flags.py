@@ -61,10 +61,11 @@ def test_alibi_off_means_no_positional_bias():
 
 
 def test_xpos_scales_queries_and_keys_with_opposite_powers():
-    rot = RotaryXPos(rot_dim=8, use_xpos=True, scale_base=512, center=64)
+    rot = RotaryXPos(rot_dim=8, dim_head=16, use_xpos=True, scale_base=512, center=64)
     t = rot(0, 128)
-    q_scale = (t.q_cos**2 + t.q_sin**2).sqrt()  # (n, rot/2): s^((pos - center) / base)
-    k_scale = (t.k_cos**2 + t.k_sin**2).sqrt()
+    pair = slice(0, 8, 2)  # one entry per rotated pair
+    q_scale = (t.q_cos[:, pair] ** 2 + t.q_sin[:, pair] ** 2).sqrt()  # (n, rot/2): s^((pos - center) / base)
+    k_scale = (t.k_cos[:, pair] ** 2 + t.k_sin[:, pair] ** 2).sqrt()
     torch.testing.assert_close(q_scale * k_scale, torch.ones_like(q_scale))
     pos = torch.arange(128.0)[:, None]
     expected = rot.xpos_scale ** ((pos - 64) / 512)
@@ -74,7 +75,7 @@ def test_xpos_scales_queries_and_keys_with_opposite_powers():
 
 
 def test_rotary_scores_depend_only_on_distance_and_decay_with_it():
-    rot = RotaryXPos(rot_dim=16, use_xpos=True, scale_base=512, center=64)
+    rot = RotaryXPos(rot_dim=16, dim_head=16, use_xpos=True, scale_base=512, center=64)
     t = rot(0, 128)
     q = torch.randn(1, 1, 1, 16).expand(1, 1, 128, 16)  # the same content at every position
     k = q.clone()
@@ -86,7 +87,7 @@ def test_rotary_scores_depend_only_on_distance_and_decay_with_it():
     # with content only in pair 0, the score is plain rotary's times s_0^((i - j) / 512)
     one_pair = torch.zeros(1, 1, 128, 16)
     one_pair[..., :2] = torch.randn(2)
-    plain = RotaryXPos(rot_dim=16, use_xpos=False, scale_base=512, center=64)(0, 128)
+    plain = RotaryXPos(rot_dim=16, dim_head=16, use_xpos=False, scale_base=512, center=64)(0, 128)
     xpos = (apply_rotary(one_pair, t.q_cos, t.q_sin) @ apply_rotary(one_pair, t.k_cos, t.k_sin).mT)[0, 0]
     plain_k = apply_rotary(one_pair, plain.k_cos, plain.k_sin)
     base = (apply_rotary(one_pair, plain.q_cos, plain.q_sin) @ plain_k.mT)[0, 0]
@@ -160,14 +161,14 @@ def test_qk_norm_bounds_scores_by_the_learned_scale(dim_scale):
     else:
         bound = norm.temperature.view(1, 4, 1)
     q, k = torch.randn(2, 4, 8, 16) * 1e4, torch.randn(2, 1, 8, 16) * 1e4  # huge activations
-    qn, kn, scale = norm(q, k)
-    scores = (qn * scale) @ kn.transpose(-1, -2)
+    qn, kn = norm(q, k)  # the softmax scale is folded into q
+    scores = qn @ kn.transpose(-1, -2)
     assert torch.all(scores.abs().amax(-1) <= bound + 1e-4)
     # the bound is reached when q and k point along the dimension of largest gain
     best = int((norm.q_scale * norm.k_scale)[0, 0].abs().argmax()) if dim_scale else 0
     one_hot = torch.nn.functional.one_hot(torch.tensor(best), 16).float() * 1e4
-    qn, kn, scale = norm(one_hot.expand(1, 4, 1, 16), one_hot.expand(1, 1, 1, 16))
-    top = ((qn * scale) @ kn.transpose(-1, -2))[0, 0, 0, 0]
+    qn, kn = norm(one_hot.expand(1, 4, 1, 16), one_hot.expand(1, 1, 1, 16))
+    top = (qn @ kn.transpose(-1, -2))[0, 0, 0, 0]
     torch.testing.assert_close(top, bound[0, 0, 0])
 
 

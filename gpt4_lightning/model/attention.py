@@ -20,7 +20,8 @@ class QKNorm(nn.Module):
     With `dim_scale`: learned per-dimension gains for q `(h, 1, d)` and k `(kv_heads, 1, d)`,
     initialised to d^0.25 each, softmax scale d^-0.5 (lineage: x-transformers). Without: a
     learned per-head temperature `(h, 1, 1)` initialised to `init_scale` (lineage: 10).
-    Either way |q·k| is bounded by the learned scales, whatever the activations.
+    Either way |q·k| is bounded by the learned scales, whatever the activations. The softmax
+    scale is folded into the query gain, so the returned q·k are the final scores.
     """
 
     def __init__(self, heads: int, kv_heads: int, dim_head: int, dim_scale: bool, init_scale: float) -> None:
@@ -40,12 +41,14 @@ class QKNorm(nn.Module):
         else:
             nn.init.constant_(self.temperature, self.init_scale)
 
-    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor | float]:
-        """-> (normed q, normed k, softmax scale to apply to q·k)."""
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """`(b, h, n, d)`, `(b, kv_heads, n, d)` -> scaled unit vectors, same shapes."""
+        d = self.dim_head
+        # l2norm(x) = rms_norm(x) / sqrt(d): one fused kernel instead of norm + clamp + divide
+        q, k = F.rms_norm(q, (d,), eps=1e-12), F.rms_norm(k, (d,), eps=1e-12)
         if self.dim_scale:
-            return q * self.q_scale, k * self.k_scale, self.dim_head**-0.5
-        return q, k, self.temperature
+            return q * (self.q_scale / d), k * (self.k_scale * d**-0.5)  # q: gain / sqrt(d) * softmax scale
+        return q * (self.temperature * d**-0.5), k * d**-0.5
 
 
 class Attention(nn.Module):
@@ -75,13 +78,14 @@ class Attention(nn.Module):
         k = k.view(b, n, kvh, d).transpose(1, 2)  # (b, kvh, n, d)
         v = v.view(b, n, kvh, d).transpose(1, 2)
 
-        scale: Tensor | float = d**-0.5
+        # the softmax scale goes into q: through qk-norm's gain, else the rotary tables, else here
         if self.qk_norm is not None:
-            q, k, scale = self.qk_norm(q, k)
+            q, k = self.qk_norm(q, k)
         if rotary is not None:
             q = apply_rotary(q, rotary.q_cos, rotary.q_sin)
             k = apply_rotary(k, rotary.k_cos, rotary.k_sin)
-        q = q * scale
+        elif self.qk_norm is None:
+            q = q * d**-0.5
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (b, kvh, cached + n, d)
 

@@ -45,8 +45,10 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.depth))
-        self.rotary = (RotaryXPos(cfg.rotary_dim, use_xpos=True, scale_base=cfg.rotary_xpos_scale_base,
+        self.rotary = (RotaryXPos(cfg.rotary_dim, cfg.dim_head, use_xpos=True, scale_base=cfg.rotary_xpos_scale_base,
                                   center=cfg.max_seq_len // 2) if cfg.rotary_xpos else None)
+        # without qk-norm the queries' softmax scale rides on the rotary tables (one pass fewer)
+        self.rotary_q_multiplier = 1.0 if cfg.use_qk_norm else cfg.dim_head**-0.5
         self.alibi = Alibi(cfg.alibi_num_heads, cfg.heads) if cfg.alibi_pos_bias else None
         self.norm = LayerNorm(cfg.dim)
 
@@ -77,7 +79,7 @@ class Decoder(nn.Module):
         dtype = compute_dtype(x.device, x.dtype)
         kernel = self.kernel_for(x.device, n, offset + n)
         bias = self.attention_bias(kernel, n, offset + n, x.device, dtype)
-        rotary = self.rotary(offset, n) if self.rotary is not None else None
+        rotary = self.rotary(offset, n, self.rotary_q_multiplier) if self.rotary is not None else None
         for block in self.blocks:
             x = block(x, rotary, bias, kernel, cache)
         if cache is not None:

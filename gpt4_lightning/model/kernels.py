@@ -46,11 +46,30 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) ->
     return (scores.float() + bias.dense).softmax(dim=-1).to(v.dtype) @ v
 
 
+# Query chunk of the masked SDPA path; see `sdpa_attention`.
+CAUSAL_CHUNK = 256
+
+
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tensor:
-    """`F.scaled_dot_product_attention`: `is_causal` without a bias, else the 4-D additive bias."""
+    """`F.scaled_dot_product_attention`: `is_causal` without a bias, else the 4-D additive bias.
+
+    With a bias the kernel cannot know the mask is causal and computes every key block; so for
+    long sequences each chunk of `CAUSAL_CHUNK` queries attends only to the keys up to its end
+    (~1/4 less attention work at n=512 — measured in BENCHMARKS.md).
+    """
     if k.shape[1] != q.shape[1]:  # one kv head: a view; faster than `enable_gqa` with a mask on CPU
         k, v = k.expand(-1, q.shape[1], -1, -1), v.expand(-1, q.shape[1], -1, -1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense, is_causal=bias.dense is None, scale=1.0)
+    sdpa = functools.partial(F.scaled_dot_product_attention, scale=1.0)
+    if bias.dense is None:
+        return sdpa(q, k, v, is_causal=True)
+    n, kv_len = q.shape[-2], k.shape[-2]
+    if n != kv_len or n <= CAUSAL_CHUNK:
+        return sdpa(q, k, v, attn_mask=bias.dense)
+    chunks = []
+    for start in range(0, n, CAUSAL_CHUNK):
+        end = min(start + CAUSAL_CHUNK, n)
+        chunks.append(sdpa(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=bias.dense[..., start:end, :end]))
+    return torch.cat(chunks, dim=2)
 
 
 @functools.lru_cache(maxsize=8)

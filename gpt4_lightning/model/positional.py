@@ -71,8 +71,13 @@ class Alibi(nn.Module):
 
 
 class RotaryTables(NamedTuple):
-    """cos/sin tables `(n, rot_dim // 2)` with the xPos scale folded in: queries use s^pos,
-    keys s^-pos, so q_i·k_j carries s^(i - j) and depends only on the distance."""
+    """Per-position multipliers `(n, dim_head)` so that rotary-xPos is `x·cos + pair_swap(x)·sin`.
+
+    Rotated pairs (2i, 2i+1) get cos/sin of their angle times the xPos scale (queries s^pos,
+    keys s^-pos, so q_i·k_j carries s^(i - j): only the distance matters); the sign of the
+    swapped term is folded into `sin`. Unrotated dims get cos 1, sin 0. Queries' tables may also
+    carry the softmax scale.
+    """
 
     q_cos: Tensor
     q_sin: Tensor
@@ -81,7 +86,7 @@ class RotaryTables(NamedTuple):
 
 
 class RotaryXPos(nn.Module):
-    """Rotary embeddings on the first `rot_dim` dims of each head, with optional xPos scaling.
+    """Rotary embeddings on the first `rot_dim` of `dim_head` dims of each head, with xPos scaling.
 
     Pairs are interleaved (dims 2i, 2i+1 rotate together), as in the lineage. xPos scale per pair
     is (2i + 0.4·rot_dim) / (1.4·rot_dim) raised to (pos - center) / scale_base. The center is
@@ -90,10 +95,11 @@ class RotaryXPos(nn.Module):
     sequence grows during generation.
     """
 
-    def __init__(self, rot_dim: int, use_xpos: bool, scale_base: float, center: int, base: float = 10000.0):
+    def __init__(self, rot_dim: int, dim_head: int, use_xpos: bool, scale_base: float, center: int,
+                 base: float = 10000.0) -> None:
         super().__init__()
-        self.rot_dim, self.use_xpos, self.scale_base, self.center, self.base = (
-            rot_dim, use_xpos, scale_base, center, base)
+        self.rot_dim, self.dim_head, self.use_xpos = rot_dim, dim_head, use_xpos
+        self.scale_base, self.center, self.base = scale_base, center, base
         self.register_buffer("inv_freq", torch.empty(rot_dim // 2), persistent=False)
         self.register_buffer("xpos_scale", torch.empty(rot_dim // 2), persistent=False)
         self.reset_parameters()
@@ -104,20 +110,28 @@ class RotaryXPos(nn.Module):
             self.inv_freq.copy_(1.0 / self.base ** (idx / self.rot_dim))
             self.xpos_scale.copy_((idx + 0.4 * self.rot_dim) / (1.4 * self.rot_dim))
 
-    def forward(self, offset: int, seq_len: int) -> RotaryTables:
+    def forward(self, offset: int, seq_len: int, q_multiplier: float = 1.0) -> RotaryTables:
         pos = torch.arange(offset, offset + seq_len, device=self.inv_freq.device, dtype=torch.float32)
         angles = pos[:, None] * self.inv_freq  # (n, rot_dim / 2)
         cos, sin = angles.cos(), angles.sin()
-        if not self.use_xpos:
-            return RotaryTables(cos, sin, cos, sin)
-        scale = self.xpos_scale ** ((pos[:, None] - self.center) / self.scale_base)
-        return RotaryTables(cos * scale, sin * scale, cos / scale, sin / scale)
+        scale = self.xpos_scale ** ((pos[:, None] - self.center) / self.scale_base) if self.use_xpos else 1.0
+        return RotaryTables(*self._expand(cos * scale * q_multiplier, sin * scale * q_multiplier, q_multiplier),
+                            *self._expand(cos / scale, sin / scale, 1.0))
+
+    def _expand(self, cos: Tensor, sin: Tensor, unrotated: float) -> tuple[Tensor, Tensor]:
+        """`(n, rot/2)` per pair -> `(n, dim_head)` per dim: [c0, c0, c1, c1, .., u..], [-s0, s0, .., 0..]."""
+        n, rest = cos.shape[0], self.dim_head - self.rot_dim
+        cos_full = torch.cat((cos.repeat_interleave(2, dim=-1), cos.new_full((n, rest), unrotated)), dim=-1)
+        sin_full = torch.cat((torch.stack((-sin, sin), dim=-1).flatten(-2), sin.new_zeros(n, rest)), dim=-1)
+        return cos_full, sin_full
+
+
+def pair_swap(x: Tensor) -> Tensor:
+    """(x0, x1, x2, x3, ..) -> (x1, x0, x3, x2, ..) along the last dim."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs of the first `2 * cos.shape[-1]` dims of `x` `(b, h, n, d)`."""
-    rot = 2 * cos.shape[-1]
-    x_rot, x_pass = x[..., :rot].float(), x[..., rot:]
-    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]  # (b, h, n, rot / 2)
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return torch.cat((rotated.to(x.dtype), x_pass), dim=-1)
+    """Rotary(-xPos) on `x` `(b, h, n, dim_head)` with tables `(n, dim_head)`: out_2i = x_2i·c - x_2i+1·s,
+    out_2i+1 = x_2i+1·c + x_2i·s on rotated pairs; unrotated dims times 1 (or the q multiplier)."""
+    return torch.addcmul(x * cos.to(x.dtype), pair_swap(x), sin.to(x.dtype))
