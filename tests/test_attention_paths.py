@@ -34,13 +34,30 @@ def test_paths_agree(flags):
             torch.testing.assert_close(models[name](tokens), expected, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_chunked_sdpa_matches_reference_past_the_chunk_size():
+    from gpt4_lightning.model.kernels import CAUSAL_CHUNK
+
+    models = same_weights({})
+    n = CAUSAL_CHUNK + 45  # more than one query chunk, the last one partial
+    tokens = torch.randint(0, TINY["num_tokens"], (1, n + 1))
+    with torch.no_grad():
+        torch.testing.assert_close(models["sdpa"](tokens[:, :n]), models["reference"](tokens[:, :n]),
+                                   atol=1e-5, rtol=1e-5)
+    losses = {name: models[name].loss(tokens) for name in ("sdpa", "reference")}
+    torch.testing.assert_close(losses["sdpa"], losses["reference"])
+    for loss in losses.values():
+        loss.backward()
+    k_grad = lambda name: models[name].net.decoder.blocks[0].attn.to_qkv.weight.grad
+    torch.testing.assert_close(k_grad("sdpa"), k_grad("reference"), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_causal_on_every_path(path):
     model = same_weights({})[path]
-    tokens = torch.randint(0, TINY["num_tokens"], (1, 64))
+    tokens = torch.randint(0, TINY["num_tokens"], (1, 300))  # past one SDPA query chunk
     with torch.no_grad():
         base = model(tokens)
-        for t in (0, 17, 63):
+        for t in (0, 17, 255, 256, 299):
             changed = tokens.clone()
             changed[0, t] = (tokens[0, t] + 1) % TINY["num_tokens"]
             out = model(changed)
