@@ -1,0 +1,1 @@
+"""Data: tokenized shards on disk (`shards`), preparing them (`prepare`), streaming them (`datamodule`)."""
