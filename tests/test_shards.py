@@ -1,0 +1,96 @@
+"""The shard format: atomic writes, shard splitting, manifest checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gpt4_lightning.data.shards import (
+    MANIFEST,
+    DataError,
+    Manifest,
+    ShardWriter,
+    atomic_writer,
+    token_dtype,
+)
+
+
+def test_token_dtype_is_the_smallest_that_fits():
+    assert token_dtype(50432) == np.uint16
+    assert token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+
+
+def test_atomic_writer_leaves_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_writer(target) as f:
+        f.write(b"new, partial")
+        raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary left behind
+    with atomic_writer(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def write_dataset(tmp_path, train_tokens: int = 2500, shard_tokens: int = 1000) -> Manifest:
+    splits = {}
+    for split, n in (("train", train_tokens), ("val", 300)):
+        writer = ShardWriter(tmp_path, split, np.dtype(np.uint16), shard_tokens)
+        for start in range(0, n, 170):  # uneven appends across shard boundaries
+            writer.add(np.arange(start, min(start + 170, n)) % 500)
+        splits[split] = writer.close()
+    manifest = Manifest(dtype="uint16", vocab_size=500, eos_id=0, tokenizer_file="tokenizer.json",
+                        tokenizer_sha256="-", splits=splits)
+    manifest.save(tmp_path)
+    return manifest
+
+
+def test_shard_writer_splits_and_round_trips(tmp_path):
+    manifest = write_dataset(tmp_path)
+    assert [s.tokens for s in manifest.splits["train"]] == [1000, 1000, 500]
+    loaded = Manifest.load(tmp_path, verify=True)
+    assert loaded == manifest
+    tokens = np.concatenate([np.asarray(m) for m in loaded.memmaps(tmp_path, "train")])
+    assert np.array_equal(tokens, np.arange(2500) % 500)
+    assert loaded.num_tokens("val") == 300
+
+
+def test_truncated_shard_is_named(tmp_path):
+    write_dataset(tmp_path)
+    shard = tmp_path / "train_00001.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(DataError, match=r"train_00001\.bin.*truncated"):
+        Manifest.load(tmp_path)
+
+
+def test_checksum_mismatch_only_with_verify(tmp_path):
+    write_dataset(tmp_path)
+    shard = tmp_path / "val_00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    Manifest.load(tmp_path)  # sizes match: the cheap check passes
+    with pytest.raises(DataError, match=r"val_00000\.bin.*sha256"):
+        Manifest.load(tmp_path, verify=True)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update(format_version=99), "format_version 99"),
+    (lambda m: m.pop("splits"), "unexpected fields"),
+])
+def test_bad_manifest(tmp_path, edit, message):
+    write_dataset(tmp_path)
+    raw = json.loads((tmp_path / MANIFEST).read_text())
+    edit(raw)
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=message):
+        Manifest.load(tmp_path)
+
+
+def test_missing_dir_and_manifest(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        Manifest.load(tmp_path / "nope")
+    with pytest.raises(DataError, match=r"manifest\.json is missing"):
+        Manifest.load(tmp_path)
