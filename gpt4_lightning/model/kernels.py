@@ -68,7 +68,8 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tens
     chunks = []
     for start in range(0, n, CAUSAL_CHUNK):
         end = min(start + CAUSAL_CHUNK, n)
-        chunks.append(sdpa(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=bias.dense[..., start:end, :end]))
+        mask = bias.dense[..., start:end, :end]
+        chunks.append(sdpa(q[:, :, start:end], k[:, :, :end], v[:, :, :end], attn_mask=mask))
     return torch.cat(chunks, dim=2)
 
 
