@@ -8,9 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-AttnBackend = Literal["auto", "flex", "sdpa"]
 ATTN_BACKENDS = ("auto", "flex", "sdpa")
 
 
@@ -45,7 +44,7 @@ class GPT4Config:
     attn_qk_norm_dim_scale: bool = True
     # decoder extras
     ff_mult: int = 4
-    attn_backend: AttnBackend = "auto"
+    attn_backend: str = "auto"  # one of ATTN_BACKENDS (a plain str so Hydra can type-check it)
     rotary_emb_dim: int | None = None
     rotary_xpos_scale_base: float = 512.0
     attn_qk_norm_scale: float = 10.0

@@ -57,6 +57,14 @@ class Transformer(nn.Module):
             if not isinstance(module, nn.Linear) and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
+    def materialize_buffers(self, device: torch.device) -> None:
+        """Recompute non-persistent buffers (rotary frequencies, ALiBi slopes) still on the meta device,
+        e.g. after loading weights with `assign=True` into a model built on meta."""
+        for module in self.modules():
+            if any(b.is_meta for b in module.buffers(recurse=False)):
+                module.to_empty(device=device, recurse=False)
+                module.reset_parameters()
+
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         offset = cache.length if cache is not None else 0
         check_tokens(tokens, self.cfg, offset)

@@ -1,0 +1,36 @@
+"""What every entry point does with a failure a user can fix: one line on stderr, exit status 1.
+
+Bad input or config (`ValueError`, which `DataError` is; `OSError`; OmegaConf errors such as a missing
+`???` value) ends with `error: <message>` naming the key or file and the fix; a traceback helps nobody
+there. HYDRA_FULL_ERROR=1 re-raises for the traceback. Hydra catches exceptions from the task function
+itself, so they are handled inside it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+T = TypeVar("T")
+USER_ERRORS = (ValueError, OSError, OmegaConfBaseException)
+
+
+def error_line(exc: BaseException) -> str:
+    if isinstance(exc, MissingMandatoryValue):
+        key = exc.full_key or "a value"
+        return f"{key} is required (it is ??? in the config); add {key}=<value> to the command line"
+    return str(exc).replace("\n", " ").strip() or type(exc).__name__
+
+
+def run_cli(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        sys.exit(1)

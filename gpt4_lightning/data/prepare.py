@@ -1,0 +1,365 @@
+"""`prepare(cfg)`: text corpus -> tokenizer + token shards + manifest, once per set of inputs.
+
+The output directory is `data.dir`, else `<cache>/<data.name>-<fingerprint>`, where the
+fingerprint hashes everything the tokens depend on (the inputs — for files their paths, sizes
+and mtimes —, text_field, val_fraction, shard_tokens, the tokenizer config). So a second call
+with the same inputs finds a complete, checked output and returns at once, and changed inputs
+get a fresh directory instead of silently reusing stale tokens.
+
+Crash safety (a SIGKILL at any point leaves something a re-run repairs, never a manifest over
+partial shards): inputs are read (and the BPE trained) before anything is written, so bad inputs
+fail with the old output intact; the old manifest is removed before the first new file is
+written; every file goes through `atomic_writer`; the manifest is written last; shards left over
+from an older, larger run are removed only after the new manifest is in place. A lock file
+serialises concurrent prepares of one directory (e.g. several ranks starting at once).
+
+Train/val split is by document, by a hash of the document's index: deterministic, streamable
+(no need to know the corpus size), and the same in the BPE pass and the encoding pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from . import tokenizer as tok
+from .corpus import Corpus
+from .shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SPLITS,
+    DataError,
+    Manifest,
+    ShardWriter,
+    atomic_writer,
+    sha256_file,
+    token_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "GPT4_LIGHTNING_CACHE"
+TOKENIZER_FILE = "tokenizer.json"
+LOCK_FILE = ".prepare.lock"
+BATCH_CHARS = 1 << 20  # text per encoding task: large enough to amortise IPC, small enough for a live progress bar
+BATCH_DOCS = 1024
+_SHARD = re.compile(r"^(train|val)_\d{5}\.bin$")
+_TEMPORARY = re.compile(r"^\.((train|val)_\d{5}\.bin|tokenizer\.json|manifest\.json)\..+\.tmp$")
+
+
+def default_cache_dir() -> Path:
+    """`$GPT4_LIGHTNING_CACHE`, else `$XDG_CACHE_HOME/gpt4_lightning`, else `~/.cache/gpt4_lightning`."""
+    if env := os.environ.get(CACHE_ENV):
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "gpt4_lightning"
+
+
+def fingerprint(corpus: Corpus, tok_cfg: Any, val_fraction: float, shard_tokens: int) -> str:
+    payload = {"format_version": FORMAT_VERSION, "inputs": corpus.describe(), "text_field": corpus.text_field,
+               "val_fraction": val_fraction, "shard_tokens": shard_tokens, "tokenizer": tok.describe(tok_cfg)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def output_dir(cfg: Any, fp: str) -> Path:
+    if cfg.data.get("dir"):
+        return Path(str(cfg.data.dir)).expanduser().absolute()
+    cache = Path(str(cfg.cache_dir)).expanduser() if cfg.get("cache_dir") else default_cache_dir()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(cfg.data.name)).strip("-.") or "data"
+    return (cache / f"{name}-{fp}").absolute()
+
+
+def is_val(index: int, val_fraction: float) -> bool:
+    """Whether document `index` is held out; document 0 always trains (a train split is never empty)."""
+    digest = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8, person=b"gpt4l-split").digest()
+    return index > 0 and int.from_bytes(digest, "little") / 2**64 < val_fraction
+
+
+def split_documents(docs: Iterable[str], val_fraction: float) -> Iterator[tuple[str, str]]:
+    """(split, text) per document, order kept within a split. If no document hashed to val and
+    there are >= 2 documents (and val_fraction > 0), the last one goes to val, so a val split
+    exists for small corpora: the latest train document is held back until the next arrives."""
+    held: str | None = None
+    count = val = 0
+    for index, text in enumerate(docs):
+        count += 1
+        if val_fraction > 0 and is_val(index, val_fraction):
+            val += 1
+            yield "val", text
+            continue
+        if held is not None:
+            yield "train", held
+        held = text
+    if held is not None:
+        yield ("val" if val_fraction > 0 and val == 0 and count >= 2 else "train"), held
+
+
+class _Encoder:
+    """Texts -> one token array with EOS after each document, plus (documents, UTF-8 bytes)."""
+
+    def __init__(self, tokenizer_json: str, eos: int, dtype: str) -> None:
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        # special-token text inside a document ("<|endoftext|>" quoted in a web page) is encoded as
+        # plain text, so EOS ids mark exactly the document boundaries this module adds
+        self.tokenizer.encode_special_tokens = True
+        self.eos, self.dtype = eos, np.dtype(dtype)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, int, int]:
+        # add_special_tokens=False: a hub tokenizer's template (BOS, ...) is not wanted; EOS is added here
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        out = np.empty(sum(map(len, ids)) + len(ids), dtype=self.dtype)
+        pos = 0
+        for doc in ids:
+            out[pos : pos + len(doc)] = doc
+            out[pos + len(doc)] = self.eos
+            pos += len(doc) + 1
+        return out, len(texts), sum(len(t.encode("utf-8")) for t in texts)
+
+
+_worker: _Encoder | None = None
+
+
+def _init_worker(tokenizer_json: str, eos: int, dtype: str, parent: int) -> None:
+    global _worker
+    _die_with_parent(parent)
+    _worker = _Encoder(tokenizer_json, eos, dtype)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool workers wait on a pipe they also hold open, so a SIGKILLed parent would leave them
+    blocked forever; on Linux ask the kernel to kill them with it (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, int, int]:
+    assert _worker is not None
+    return _worker(texts)
+
+
+def _batches(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    """Group (split, text) into per-split batches of about BATCH_CHARS characters."""
+    texts: dict[str, list[str]] = {s: [] for s in SPLITS}
+    chars = dict.fromkeys(SPLITS, 0)
+    for split, text in pairs:
+        texts[split].append(text)
+        chars[split] += len(text)
+        if chars[split] >= BATCH_CHARS or len(texts[split]) >= BATCH_DOCS:
+            yield split, texts[split]
+            texts[split], chars[split] = [], 0
+    yield from ((s, texts[s]) for s in SPLITS if texts[s])
+
+
+def _encode(batches: Iterable[tuple[str, list[str]]], tokenizer_json: str, eos: int, dtype: str,
+            num_proc: int) -> Iterator[tuple[str, np.ndarray, int, int]]:
+    """(split, tokens, documents, bytes) per batch, in input order. With num_proc > 1 the batches
+    are encoded by a process pool while this process reads the corpus and writes shards; at most
+    2 * num_proc batches are in flight, so memory stays bounded for any corpus size."""
+    if num_proc <= 1:  # in-process (tokenizers may still use its own threads)
+        encoder = _Encoder(tokenizer_json, eos, dtype)
+        yield from ((split, *encoder(texts)) for split, texts in batches)
+        return
+    # fork where safe (cheap: no re-import); the children must not use the tokenizers thread pool
+    # that BPE training started here (it does not survive fork), hence TOKENIZERS_PARALLELISM=false
+    # in their environment, which also silences tokenizers' fork warning.
+    method = "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = mp.get_context(method).Pool(num_proc, _init_worker, (tokenizer_json, eos, dtype, os.getpid()))
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+    with pool:  # leaving early (an error, a generator close) terminates the workers
+        pending: deque[tuple[str, Any]] = deque()
+        for split, texts in batches:
+            pending.append((split, pool.apply_async(_encode_in_worker, (texts,))))
+            if len(pending) >= 2 * num_proc:
+                split_done, result = pending.popleft()
+                yield split_done, *result.get()
+        while pending:
+            split_done, result = pending.popleft()
+            yield split_done, *result.get()
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `out` (released by the OS even on SIGKILL)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / LOCK_FILE, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another prepare of %s to finish", out)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _reusable(out: Path, fp: str) -> bool:
+    """True if `out` holds a complete, checked output for these inputs; False if there is none;
+    an error (naming the file) if there is one that is broken or from other inputs."""
+    path = out / MANIFEST
+    if not path.exists():
+        return False
+    manifest = Manifest.load(out, verify=True)
+    if manifest.source.get("fingerprint") != fp:
+        raise DataError(f"{path} was prepared from other inputs (fingerprint {manifest.source.get('fingerprint')}, "
+                        f"these inputs give {fp}); set overwrite=true to replace it, or set data.dir to another "
+                        "directory")
+    tokenizer = out / manifest.tokenizer_file
+    if not tokenizer.is_file() or sha256_file(tokenizer) != manifest.tokenizer_sha256:
+        raise DataError(f"{tokenizer} is missing or does not match the sha256 in {path}; re-run prepare with "
+                        "overwrite=true")
+    log.info("reusing %s: %s", out, summary(manifest))
+    return True
+
+
+def _check_config(cfg: Any) -> tuple[float, int, int]:
+    val_fraction = float(cfg.data.val_fraction)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+    shard_tokens = int(cfg.data.shard_tokens)
+    if shard_tokens <= 0:
+        raise ValueError(f"data.shard_tokens={shard_tokens} must be positive")
+    num_proc = cfg.get("num_proc")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    num_proc = cores if num_proc is None else int(num_proc)
+    if num_proc < 1:
+        raise ValueError(f"num_proc={num_proc} must be >= 1 (or null for all {cores} cores)")
+    return val_fraction, shard_tokens, num_proc
+
+
+def prepare(cfg: Any) -> Path:
+    """Prepare (or reuse) the shards for `cfg.data` + `cfg.tokenizer`; returns the directory."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    start = time.perf_counter()
+    val_fraction, shard_tokens, num_proc = _check_config(cfg)
+    overwrite = bool(cfg.get("overwrite", False))
+    corpus = Corpus(cfg.data)  # a missing path fails here
+    tokenizer = tok.load_tokenizer(cfg.tokenizer)  # file/hub (EOS checked); None: BPE, trained below
+    fp = fingerprint(corpus, cfg.tokenizer, val_fraction, shard_tokens)
+    out = output_dir(cfg, fp)
+    if not overwrite and _reusable(out, fp):
+        return out
+
+    # Read the corpus (train the BPE) before writing anything: bad input leaves `out` as it was.
+    documents: Iterable[tuple[str, str]]
+    if tokenizer is None:
+        train = (text for split, text in split_documents(corpus, val_fraction) if split == "train")
+        tokenizer = tok.train_bpe(train, cfg.tokenizer)
+        if corpus.stats.documents == 0:
+            raise DataError(f"no text found in {corpus.inputs()}; point data.path at non-empty text")
+        documents = split_documents(corpus, val_fraction)
+    else:
+        documents = split_documents(corpus, val_fraction)
+        first = next(iter(documents), None)
+        if first is None:
+            raise DataError(f"no text found in {corpus.inputs()}; point data.path at non-empty text")
+        documents = _chain(first, documents)
+    tokenizer_seconds = time.perf_counter() - start
+    eos = tok.eos_id(tokenizer, str(cfg.tokenizer.eos_token), "the trained BPE")
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        if not overwrite and _reusable(out, fp):  # another process finished it while we read
+            return out
+        manifest = _write(out, corpus, documents, tokenizer, eos, cfg, fp, shard_tokens, num_proc)
+    manifest.stats.update(tokenizer_seconds=round(tokenizer_seconds, 3))
+    seconds = time.perf_counter() - start
+    text_mb = manifest.stats["text_bytes"] / 1e6
+    manifest.stats.update(seconds=round(seconds, 3), mb_per_s=round(text_mb / max(seconds, 1e-9), 3))
+    manifest.save(out)  # last: the shards, tokenizer and stats are all in place
+    _remove_stale_shards(out, manifest)
+    log.info("prepared %s: %s", out, summary(manifest))
+    return out
+
+
+def _chain(first: tuple[str, str], rest: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    yield first
+    yield from rest
+
+
+def _write(out: Path, corpus: Corpus, documents: Iterable[tuple[str, str]], tokenizer: Tokenizer, eos: int,
+           cfg: Any, fp: str, shard_tokens: int, num_proc: int) -> Manifest:
+    """Tokenizer and shards into `out`; returns the manifest (not yet saved)."""
+    (out / MANIFEST).unlink(missing_ok=True)  # first: an old manifest must never describe new, partial shards
+    for path in out.iterdir():
+        if _TEMPORARY.match(path.name):  # left by a killed run
+            path.unlink(missing_ok=True)
+    tokenizer_json = tokenizer.to_str()
+    with atomic_writer(out / TOKENIZER_FILE, "w") as f:
+        f.write(tokenizer_json)
+    vocab = tok.vocab_size(tokenizer)
+    dtype = token_dtype(vocab)
+    writers = {s: ShardWriter(out, s, dtype, shard_tokens) for s in SPLITS}
+    docs, tokens = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    text_bytes, encode_start, bar = 0, time.perf_counter(), None
+    for split, ids, n_docs, n_bytes in _encode(_batches(documents), tokenizer_json, eos, dtype.name, num_proc):
+        writers[split].add(ids)
+        docs[split] += n_docs
+        tokens[split] += len(ids)
+        text_bytes += n_bytes
+        if bar is None:  # created on the first result, so errors before it print no bar
+            bar = tqdm(desc=f"tokenizing {corpus.name}", unit="B", unit_scale=True, file=sys.stderr, mininterval=1)
+        bar.update(n_bytes)
+        bar.set_postfix_str(f"{sum(docs.values()):,} docs, {sum(tokens.values()):,} tokens", refresh=False)
+    if bar is not None:
+        bar.close()
+    splits = {s: writer.close() for s, writer in writers.items()}
+    stats = corpus.stats
+    return Manifest(
+        dtype=dtype.name, vocab_size=vocab, eos_id=eos, tokenizer_file=TOKENIZER_FILE,
+        tokenizer_sha256=sha256_file(out / TOKENIZER_FILE), splits=splits,
+        source={"name": corpus.name, "fingerprint": fp, **corpus.describe(detailed=False),
+                "val_fraction": float(cfg.data.val_fraction), "tokenizer": tok.describe(cfg.tokenizer)},
+        stats={"documents": docs, "tokens": tokens, "empty_documents": stats.empty_documents,
+               "skipped_files": len(stats.skipped_files), "skipped": stats.skipped_files[:100],
+               "text_bytes": text_bytes, "num_proc": num_proc,
+               "encode_seconds": round(time.perf_counter() - encode_start, 3)})
+
+
+def _remove_stale_shards(out: Path, manifest: Manifest) -> None:
+    current = {s.file for shards in manifest.splits.values() for s in shards}
+    for path in out.iterdir():
+        if _SHARD.match(path.name) and path.name not in current:
+            path.unlink(missing_ok=True)
+
+
+def summary(manifest: Manifest) -> str:
+    """One line: documents, tokens, text size and throughput."""
+    st = manifest.stats
+    docs, tokens = st.get("documents", {}), st.get("tokens", {})
+    return (f"{sum(docs.values()):,} documents ({docs.get('train', 0):,} train, {docs.get('val', 0):,} val), "
+            f"{sum(tokens.values()):,} tokens ({tokens.get('train', 0):,} train, {tokens.get('val', 0):,} val), "
+            f"vocab {manifest.vocab_size:,} ({manifest.dtype}), {st.get('text_bytes', 0) / 1e6:.1f} MB of text in "
+            f"{st.get('seconds', 0):.1f} s ({st.get('mb_per_s', 0):.2f} MB/s), "
+            f"{st.get('skipped_files', 0)} files skipped")

@@ -1,0 +1,122 @@
+"""The tokenizer `prepare` encodes with (the `tokenizer` config group), from HF `tokenizers`.
+
+- `kind=file`: an existing `tokenizer.json` (`tokenizer.path`).
+- `kind=hub`: `Tokenizer.from_pretrained(tokenizer.name)` (needs the network or the HF cache).
+- `kind=bpe`: a byte-level BPE trained on the corpus's train documents (never on val, so val
+  loss is measured on text the tokenizer did not see). Byte-level pre-tokenizer and decoder
+  make every string encodable with no unknown token and `decode(encode(text)) == text`.
+
+Every kind must have `tokenizer.eos_token` in its vocabulary: `prepare` appends its id after
+every document, so a missing EOS is an error (naming the token and the tokenizer) rather than a
+silent fallback to some other id. BPE adds the EOS to its special tokens if the config forgot it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .shards import DataError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("bpe", "file", "hub")
+
+
+def _kind(tok_cfg: Any) -> str:
+    kind = str(tok_cfg.kind)
+    if kind not in KINDS:
+        raise ValueError(f"tokenizer.kind={kind!r} is not one of {', '.join(KINDS)}")
+    return kind
+
+
+def describe(tok_cfg: Any) -> dict[str, Any]:
+    """The tokenizer config as JSON, for the output fingerprint (a file is identified by its content)."""
+    kind = _kind(tok_cfg)
+    desc: dict[str, Any] = {"kind": kind, "eos_token": str(tok_cfg.eos_token)}
+    if kind == "bpe":
+        desc.update(vocab_size=int(tok_cfg.vocab_size), min_frequency=int(tok_cfg.min_frequency),
+                    special_tokens=[str(t) for t in tok_cfg.special_tokens])
+    elif kind == "file":
+        path = _tokenizer_path(tok_cfg)
+        desc.update(path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    else:
+        desc.update(name=str(tok_cfg.name))
+    return desc
+
+
+def _tokenizer_path(tok_cfg: Any) -> Path:
+    path = Path(str(tok_cfg.path)).expanduser()
+    if not path.is_file():
+        raise DataError(f"tokenizer.path {path} does not exist; point it at a tokenizer.json (or use tokenizer=bpe "
+                        "to train one on the corpus)")
+    return path.absolute()
+
+
+def load_tokenizer(tok_cfg: Any) -> Tokenizer | None:
+    """The configured tokenizer for `kind=file|hub` (EOS checked), None for `kind=bpe` (trained later)."""
+    kind = _kind(tok_cfg)
+    if kind == "bpe":
+        check_bpe_config(tok_cfg)
+        return None
+    if kind == "file":
+        path = _tokenizer_path(tok_cfg)
+        origin = str(path)
+        try:
+            tokenizer = Tokenizer.from_file(origin)
+        except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
+            raise DataError(f"{path} is not a valid tokenizer.json ({e}); point tokenizer.path at one saved by "
+                            "HF tokenizers") from e
+    else:
+        origin = f"hub tokenizer {tok_cfg.name}"
+        try:
+            tokenizer = Tokenizer.from_pretrained(str(tok_cfg.name))
+        except Exception as e:  # network, not found, gated: all surface as generic exceptions
+            raise DataError(f"cannot load {origin} ({e}); check tokenizer.name and the network, or use "
+                            "tokenizer=file tokenizer.path=<tokenizer.json>") from e
+    eos_id(tokenizer, str(tok_cfg.eos_token), origin)
+    return tokenizer
+
+
+def check_bpe_config(tok_cfg: Any) -> None:
+    specials = list(dict.fromkeys([*map(str, tok_cfg.special_tokens), str(tok_cfg.eos_token)]))
+    smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(specials)
+    if int(tok_cfg.vocab_size) < smallest:
+        raise ValueError(f"tokenizer.vocab_size={tok_cfg.vocab_size} is too small: a byte-level BPE needs at least "
+                         f"{smallest} (256 bytes + {len(specials)} special tokens)")
+    if int(tok_cfg.min_frequency) < 0:
+        raise ValueError(f"tokenizer.min_frequency={tok_cfg.min_frequency} must be >= 0")
+
+
+def train_bpe(texts: Iterable[str], tok_cfg: Any) -> Tokenizer:
+    """A byte-level BPE trained on `texts` (streamed: the trainer only keeps word counts)."""
+    check_bpe_config(tok_cfg)
+    eos = str(tok_cfg.eos_token)
+    specials = list(dict.fromkeys([*map(str, tok_cfg.special_tokens), eos]))
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=int(tok_cfg.vocab_size), min_frequency=int(tok_cfg.min_frequency), special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    log.info("trained a byte-level BPE: %d tokens (asked %s)", tokenizer.get_vocab_size(), tok_cfg.vocab_size)
+    return tokenizer
+
+
+def eos_id(tokenizer: Tokenizer, eos_token: str, origin: str) -> int:
+    token_id = tokenizer.token_to_id(eos_token)
+    if token_id is None:
+        raise DataError(f"the EOS token {eos_token!r} is not in the vocabulary of {origin}; set tokenizer.eos_token "
+                        "to one of its special tokens")
+    return token_id
+
+
+def vocab_size(tokenizer: Tokenizer) -> int:
+    """One more than the largest id (what an embedding must hold), counting added tokens."""
+    return max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1

@@ -1,0 +1,51 @@
+"""`python -m gpt4_lightning.evaluate ckpt_path=... [data_dir=...]`: loss and perplexity on a split."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from .checkpoint import load_model
+from .cli import run_cli
+from .data.datamodule import GPT4DataModule
+from .generate import pick_device
+from .module import perplexity
+
+
+@torch.no_grad()
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    device = pick_device(cfg.device)
+    model, meta = load_model(cfg.ckpt_path, device)
+    data_dir = cfg.data_dir or meta.get("gpt4_data_dir")
+    if data_dir is None:
+        raise ValueError("the checkpoint does not name its data directory; pass data_dir=<prepared dir>")
+    seq_len = cfg.seq_len if model.config.can_extrapolate else min(cfg.seq_len, model.config.max_seq_len)
+    datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=cfg.batch_size,
+                                max_token_id=model.config.num_tokens)
+    datamodule.setup("validate")
+    loader = datamodule.make_val_loader() if cfg.split == "val" else datamodule.make_train_loader()
+    total, count = 0.0, 0
+    for i, batch in enumerate(loader):
+        if cfg.max_batches is not None and i >= cfg.max_batches:
+            break
+        total += model.loss(batch.to(device)).item() * batch.shape[0]
+        count += batch.shape[0]
+    if count == 0:
+        raise ValueError(f"{data_dir} has no {cfg.split} windows of seq_len={seq_len}; lower seq_len")
+    loss = total / count
+    result = {"loss": loss, "perplexity": perplexity(loss), "windows": count}
+    print(f"{cfg.split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}  ({count} windows of {seq_len} tokens, "
+          f"{data_dir}, step {meta.get('global_step')})")
+    return result
+
+
+@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="evaluate", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_cli(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""`GPT4LitModule`: the GPT4 and its autoregressive loss as a LightningModule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
+
+from .model import GPT4, GPT4Config
+from .optim import weight_decay_groups
+
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+class GPT4LitModule(L.LightningModule):
+    """Trains a `GPT4` on `(batch, seq_len + 1)` token windows with next-token cross-entropy.
+
+    The model is built in `configure_model`, not `__init__`, so that a sharding strategy can
+    create it on the meta device and shard it before any weight exists (scale-out issue).
+    `optimizer` / `scheduler` are factories (Hydra `_partial_`): parameter groups -> optimizer,
+    optimizer -> per-step scheduler.
+    """
+
+    def __init__(self, model: GPT4Config | dict[str, Any], optimizer: OptimizerFactory,
+                 scheduler: SchedulerFactory | None = None, data_dir: str | None = None) -> None:
+        super().__init__()
+        self.model_config = model if isinstance(model, GPT4Config) else GPT4Config.from_kwargs(**model)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.data_dir = data_dir  # recorded in checkpoints: generate/evaluate find the tokenizer there
+        self.model: GPT4 | None = None
+        self.val_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = GPT4.from_config(self.model_config)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.model.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/ppl", torch.exp(loss.detach().clamp(max=30)))
+        return loss
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.val_loss.update(self.model.loss(batch), weight=batch.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # synced over ranks
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss.clamp(max=30)))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:  # before clipping: the norm the clip threshold is compared with
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(weight_decay_groups(self.model))
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # plain data only, so generate/evaluate can rebuild the model with torch.load(weights_only=True)
+        checkpoint["gpt4_config"] = dataclasses.asdict(self.model_config)
+        checkpoint["gpt4_data_dir"] = self.data_dir
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 30.0))

@@ -1,0 +1,107 @@
+"""`python -m gpt4_lightning.train [overrides]`: prepare the data (cached), train, checkpoint.
+
+With no arguments: the stdlib corpus, `gpt4_tiny`, one device. Every run writes its config, logs and
+checkpoints into its Hydra run directory; `ckpt_path=last` resumes the run in that directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .cli import run_cli
+from .data.datamodule import GPT4DataModule
+from .data.prepare import prepare
+from .hydra_config import register_configs
+from .model import GPT4Config
+from .module import GPT4LitModule, perplexity
+
+log = logging.getLogger(__name__)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """`last` means this run directory's `checkpoints/last.ckpt`; any other value is a path."""
+    if ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.exists():
+        hint = ("pass the run's directory: run_name=<name> or hydra.run.dir=<dir> with ckpt_path=last"
+                if ckpt_path == "last" else "check ckpt_path")
+        raise ValueError(f"ckpt_path={ckpt_path}: no checkpoint at {path}; {hint}")
+    return str(path)
+
+
+def check_config(cfg: DictConfig, model_cfg: GPT4Config) -> None:
+    """Values Hydra cannot type-check, named the way the user wrote them."""
+    positive = {"optim.lr": cfg.optim.lr, "data.seq_len": cfg.data.seq_len, "data.batch_size": cfg.data.batch_size,
+                "trainer.max_steps": cfg.trainer.max_steps, "trainer.accumulate_grad_batches":
+                cfg.trainer.accumulate_grad_batches, "checkpoint_every_n_steps": cfg.checkpoint_every_n_steps}
+    for key, value in positive.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{key}={value} must be a number > 0")
+    if cfg.data.seq_len > model_cfg.max_seq_len:
+        raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
+                         "lower data.seq_len or raise model.max_seq_len")
+
+
+def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
+    """The module, data and trainer a config describes (data prepared on the way, if needed)."""
+    model_cfg = GPT4Config.from_kwargs(**OmegaConf.to_container(cfg.model, resolve=True))
+    check_config(cfg, model_cfg)
+    data_dir = prepare(cfg)
+    datamodule = GPT4DataModule(data_dir, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
+                                num_workers=cfg.data.num_workers, seed=cfg.data.seed, verify=cfg.data.verify,
+                                max_token_id=model_cfg.num_tokens)
+    scheduler = instantiate(cfg.scheduler) if cfg.scheduler is not None else None
+    module = GPT4LitModule(model=model_cfg, optimizer=instantiate(cfg.optim), scheduler=scheduler,
+                           data_dir=str(data_dir))
+    trainer = instantiate(cfg.trainer)
+    return module, datamodule, trainer
+
+
+def command(entry: str, args: list[str]) -> str:
+    return " ".join(["python -m", f"gpt4_lightning.{entry}", *(shlex.quote(a) for a in args)])
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    module, datamodule, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+
+    val_loss = trainer.callback_metrics.get("val/loss")
+    result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
+              "val_loss": float(val_loss) if val_loss is not None else None}
+    if trainer.is_global_zero:
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith(("ckpt_path=", "run_name=", "hydra.run.dir="))]
+        last = run_dir / "checkpoints" / "last.ckpt"
+        lines = [f"run directory: {run_dir}", f"steps: {trainer.global_step}"]
+        if val_loss is not None:
+            lines.append(f"final val loss {float(val_loss):.4f}, perplexity {perplexity(float(val_loss)):.2f}")
+        lines += [
+            "resume:   " + command("train", [*overrides, f"hydra.run.dir={run_dir}", "ckpt_path=last"]),
+            "generate: " + command("generate", [f"ckpt_path={last}", "prompt=def fib(n):"]),  # generate quotes it
+            "evaluate: " + command("evaluate", [f"ckpt_path={last}"]),
+        ]
+        print("\n".join(lines), flush=True)
+    return result
+
+
+@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_cli(train, cfg)
+
+
+if __name__ == "__main__":
+    register_configs()
+    sys.exit(main())

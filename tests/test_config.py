@@ -1,0 +1,68 @@
+"""Every config group and preset composes with Hydra's compose API and instantiates."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from gpt4_lightning import GPT4, GPT4Config
+from gpt4_lightning.hydra_config import compose_config, config_dir
+
+GROUPS = {group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+          for group in ("model", "data", "tokenizer", "trainer", "precision", "optim", "scheduler", "logger",
+                        "callbacks", "experiment")}
+REQUIRED = {"data=files": ["data.path=x.txt"], "data=hf_hub": ["data.name=org/ds"],
+            "tokenizer=file": ["tokenizer.path=t.json"], "tokenizer=hub": ["tokenizer.name=gpt2"]}
+SEED_PARAMS = 2_460_899_840
+
+
+def test_groups_exist():
+    assert GROUPS["model"] == ["gpt4_125m", "gpt4_1b", "gpt4_2b", "gpt4_350m", "gpt4_tiny"]
+    assert GROUPS["precision"] == ["bf16_mixed", "bf16_true", "fp32"]
+    assert {"wandb", "csv", "tensorboard", "none"} <= set(GROUPS["logger"])
+
+
+@pytest.mark.parametrize("override", [f"{g}={o}" for g, opts in GROUPS.items() for o in opts])
+def test_every_option_composes_and_resolves(override):
+    cfg = compose_config("train", [override, *REQUIRED.get(override, [])])
+    for key in cfg:  # every interpolation resolves (hydra's own sweep keys need a running sweep)
+        if key != "hydra":
+            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+    GPT4Config.from_kwargs(**OmegaConf.to_container(cfg.model))  # the model's typed contract accepts it
+
+
+@pytest.mark.parametrize("preset", GROUPS["model"])
+def test_model_presets_build_on_meta(preset):
+    cfg = compose_config("train", [f"model={preset}"])
+    with torch.device("meta"):
+        model = GPT4.from_config(GPT4Config.from_kwargs(**OmegaConf.to_container(cfg.model)))
+    if preset == "gpt4_2b":
+        assert model.config == GPT4Config()  # the seed's defaults exactly
+        assert model.num_params() == SEED_PARAMS
+    expected = {"gpt4_tiny": (3e6, 1e7), "gpt4_125m": (1.0e8, 1.8e8), "gpt4_350m": (3.0e8, 4.2e8),
+                "gpt4_1b": (1.0e9, 1.6e9), "gpt4_2b": (2.4e9, 2.5e9)}[preset]
+    assert expected[0] < model.num_params() < expected[1], model.num_params()
+
+
+def test_trainer_optim_scheduler_logger_callbacks_instantiate(tmp_path):
+    cfg = compose_config("train", [f"hydra.run.dir={tmp_path}", "logger=csv"])
+    trainer = instantiate(cfg.trainer)
+    assert trainer.default_root_dir == str(tmp_path) and trainer.logger.save_dir == str(tmp_path)
+    assert trainer.max_steps == cfg.trainer.max_steps and trainer.precision == "32-true"
+    names = [type(c).__name__ for c in trainer.callbacks]
+    assert {"ModelCheckpoint", "LearningRateMonitor", "ThroughputLogger"} <= set(names)
+    params = [torch.nn.Parameter(torch.zeros(2, 2))]
+    optimizer = instantiate(cfg.optim)([{"params": params}])
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == cfg.optim.lr
+    scheduler = instantiate(cfg.scheduler)(optimizer)
+    assert scheduler.get_last_lr()[0] == pytest.approx(cfg.optim.lr / cfg.scheduler.warmup_steps)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.dimm=3", "model.dimm"),
+    ("model.heads=abc", "model.heads"),
+    ("model=nope", "model/nope"),
+])
+def test_bad_overrides_fail_at_compose(override, message):
+    with pytest.raises(Exception, match=message):
+        compose_config("train", [override])
