@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from hydra.errors import HydraException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -34,3 +35,20 @@ def run_cli(fn: Callable[..., T], *args: Any) -> T:
             raise
         print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
+
+
+def check_overrides(config_name: str, argv: list[str]) -> None:
+    """Compose the config once before Hydra runs, so a bad override (unknown option or key, wrong
+    type) ends in one `error:` line naming it and the choices, instead of Hydra's multi-line report.
+    Multirun and Hydra's own flags are left to Hydra."""
+    overrides = argv[1:]
+    if any(a.startswith("-") for a in overrides) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    from .hydra_config import compose_config
+
+    try:
+        compose_config(config_name, overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        message = " ".join(str(e).replace("Available options", "; available options").split())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

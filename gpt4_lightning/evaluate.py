@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from .checkpoint import load_model
-from .cli import run_cli
+from .cli import check_overrides, run_cli
 from .data.datamodule import GPT4DataModule
 from .generate import pick_device
 from .module import perplexity
@@ -48,4 +48,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("evaluate", sys.argv)
     sys.exit(main())

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from .checkpoint import load_model
-from .cli import run_cli
+from .cli import check_overrides, run_cli
 from .data.shards import Manifest
 
 
@@ -76,4 +76,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = quote_prompt(sys.argv)
+    check_overrides("generate", sys.argv)
     sys.exit(main())

@@ -12,37 +12,27 @@ function itself, so they are handled here.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from .cli import check_overrides, run_cli
 from .data.prepare import prepare, summary
 from .data.shards import Manifest
 
 
-def error_line(exc: BaseException) -> str:
-    if isinstance(exc, MissingMandatoryValue):
-        key = exc.full_key or "a value"
-        return f"{key} is required (it is ??? in the config); add {key}=<value> to the command line"
-    return str(exc).replace("\n", " ").strip() or type(exc).__name__
+def run(cfg: DictConfig) -> None:
+    out = prepare(cfg)
+    print(summary(Manifest.load(out)))
+    print(out)
 
 
 @hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="prepare", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        out = prepare(cfg)
-        manifest = Manifest.load(out)
-    except (ValueError, OSError, OmegaConfBaseException) as e:  # DataError is a ValueError
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(1)
-    print(summary(manifest))
-    print(out)
+    run_cli(run, cfg)
 
 
 if __name__ == "__main__":
-    main()
+    check_overrides("prepare", sys.argv)
+    sys.exit(main())

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import run_cli
+from .cli import check_overrides, run_cli
 from .data.datamodule import GPT4DataModule
 from .data.prepare import prepare
 from .hydra_config import register_configs
@@ -74,9 +74,10 @@ def command(entry: str, args: list[str]) -> str:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)  # before any work: a wrong path fails at once
     L.seed_everything(cfg.seed, workers=True)
     module, datamodule, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     val_loss = trainer.callback_metrics.get("val/loss")
     result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
@@ -103,5 +104,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("train", sys.argv)
     register_configs()
     sys.exit(main())

@@ -48,6 +48,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Write `path` through a temporary file in its directory, fsync'd and renamed into place on
@@ -55,6 +61,7 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared cache must stay readable
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -1,0 +1,127 @@
+"""Data pipeline throughput, side by side in one run.
+
+Reading: the same train shards read (1) as a raw sequential `np.memmap` pass (the ceiling: copy
+every token out of the page cache in 4M-token chunks) and (2) through `GPT4DataModule`'s train
+loader (shuffled `seq_len + 1` windows, int64 batches) with 0 and 2 workers; tokens/s each and the
+ratios, plus how many times faster than the model consumes tokens (`--train-tokens-per-s`, the
+default run's measured rate).
+
+Preparing: `prepare` (read, split, encode in parallel, write shards + manifest) with the corpus's own
+tokenizer.json (`tokenizer=file`, so BPE training is not timed) against one plain
+`Tokenizer.encode_batch` over the same documents in memory; MB/s of text each and the ratio.
+
+    python bench/data_throughput.py                 # the stdlib corpus (prepared once, cached)
+    python bench/data_throughput.py --out /tmp/d.json --seq-len 256 --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tokenizers import Tokenizer
+
+from gpt4_lightning.data.corpus import Corpus
+from gpt4_lightning.data.datamodule import GPT4DataModule
+from gpt4_lightning.data.prepare import prepare
+from gpt4_lightning.data.shards import Manifest
+from gpt4_lightning.hydra_config import compose_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def raw_memmap_read(data_dir: Path, manifest: Manifest, chunk: int = 1 << 22) -> tuple[int, float]:
+    start, tokens = time.perf_counter(), 0
+    for mm in manifest.memmaps(data_dir, "train"):
+        for i in range(0, len(mm), chunk):
+            tokens += len(np.array(mm[i : i + chunk]))  # copy out, as a loader must
+    return tokens, time.perf_counter() - start
+
+
+def loader_read(data_dir: Path, seq_len: int, batch_size: int, num_workers: int,
+                max_batches: int | None) -> tuple[int, float]:
+    datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
+    datamodule.setup("fit")
+    loader = datamodule.make_train_loader()
+    iterator = iter(loader)
+    first = next(iterator)  # worker start-up is not throughput
+    start, tokens = time.perf_counter(), 0
+    for i, batch in enumerate(iterator):
+        if max_batches is not None and i >= max_batches:
+            break
+        tokens += batch.numel()
+    del first
+    return tokens, time.perf_counter() - start
+
+
+def prepare_vs_encode_batch(data_dir: Path, manifest: Manifest) -> dict[str, float]:
+    cfg = compose_config("prepare")
+    documents = list(Corpus(cfg.data))
+    text_mb = sum(len(d.encode("utf-8")) for d in documents) / 1e6
+    tokenizer = Tokenizer.from_file(str(data_dir / manifest.tokenizer_file))
+    start = time.perf_counter()
+    tokenizer.encode_batch(documents)
+    plain = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = OmegaConf.merge(cfg, {"data": {"dir": tmp}, "overwrite": True,
+                                    "tokenizer": {"kind": "file", "path": str(data_dir / manifest.tokenizer_file)}})
+        start = time.perf_counter()
+        prepare(cfg)
+        ours = time.perf_counter() - start
+    return {"text_mb": text_mb, "prepare_mb_per_s": text_mb / ours, "encode_batch_mb_per_s": text_mb / plain,
+            "prepare_s": ours, "encode_batch_s": plain}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, default=None, help="per loader run (default: a whole epoch)")
+    p.add_argument("--train-tokens-per-s", type=float, default=3600.0,
+                   help="what training consumes (gpt4_tiny default run on this CPU, see BENCHMARKS.md)")
+    p.add_argument("--skip-prepare", action="store_true")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "data_throughput.json")
+    args = p.parse_args()
+
+    data_dir = prepare(compose_config("prepare"))  # the stdlib corpus, cached
+    manifest = Manifest.load(data_dir)
+    rows: dict[str, dict[str, float]] = {}
+    tokens, seconds = raw_memmap_read(data_dir, manifest)
+    rows["raw_memmap_sequential"] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    for workers in (0, 2):
+        tokens, seconds = loader_read(data_dir, args.seq_len, args.batch_size, workers, args.max_batches)
+        rows[f"datamodule_{workers}_workers"] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    raw = rows["raw_memmap_sequential"]["tokens_per_s"]
+    for row in rows.values():
+        row["vs_raw"] = row["tokens_per_s"] / raw
+        row["vs_training"] = row["tokens_per_s"] / args.train_tokens_per_s
+
+    print(f"data: {data_dir}  ({manifest.num_tokens('train'):,} train tokens, seq_len {args.seq_len}, "
+          f"batch {args.batch_size})")
+    print(f"{'reader':<26}{'tokens/s':>16}{'vs raw':>10}{'vs training':>14}")
+    for name, row in rows.items():
+        print(f"{name:<26}{row['tokens_per_s']:>16,.0f}{row['vs_raw']:>10.3f}{row['vs_training']:>14,.0f}")
+    result = {"config": vars(args) | {"out": str(args.out)}, "data_dir": str(data_dir), "read": rows,
+              "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}}
+    if not args.skip_prepare:
+        prep = prepare_vs_encode_batch(data_dir, manifest)
+        result["prepare"] = prep
+        print(f"{'writer':<26}{'MB/s of text':>16}{'ratio':>10}")
+        print(f"{'prepare (tokenizer=file)':<26}{prep['prepare_mb_per_s']:>16.2f}"
+              f"{prep['prepare_mb_per_s'] / prep['encode_batch_mb_per_s']:>10.3f}")
+        print(f"{'Tokenizer.encode_batch':<26}{prep['encode_batch_mb_per_s']:>16.2f}{1.0:>10.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
