@@ -27,6 +27,15 @@ def wandb_offline() -> bool:
         return True
 
 
+def world_size(devices: int | str, num_nodes: int) -> int:
+    """Processes a Lightning trainer with these `devices`/`num_nodes` runs ("auto": every GPU, or 1 on CPU)."""
+    if devices in ("auto", -1, "-1"):
+        import torch
+
+        devices = max(torch.cuda.device_count(), 1)
+    return int(devices) * int(num_nodes)
+
+
 def register_configs() -> None:
     """The model group's schema is the `GPT4Config` dataclass itself: YAML presets only fill it,
     so a misspelt key or a wrongly typed value fails when the config is composed."""
@@ -35,6 +44,8 @@ def register_configs() -> None:
     ConfigStore.instance().store(group="model", name="gpt4_schema", node=schema)
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("world_size"):
+        OmegaConf.register_new_resolver("world_size", world_size)
     if not OmegaConf.has_resolver("run_name_or_now"):
         # outputs/<run_name> when the user names the run (so it can be resumed), else outputs/<date>/<time>
         OmegaConf.register_new_resolver(

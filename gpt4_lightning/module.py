@@ -14,6 +14,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from .model import GPT4, GPT4Config
 from .optim import weight_decay_groups
+from .parallelize import ParallelConfig, parallelize
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -29,21 +30,35 @@ class GPT4LitModule(L.LightningModule):
     """
 
     def __init__(self, model: GPT4Config | dict[str, Any], optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None, data_dir: str | None = None) -> None:
+                 scheduler: SchedulerFactory | None = None, data_dir: str | None = None,
+                 parallel: ParallelConfig | dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model_config = model if isinstance(model, GPT4Config) else GPT4Config.from_kwargs(**model)
+        self.parallel = parallel if isinstance(parallel, ParallelConfig) else ParallelConfig(**(parallel or {}))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_dir = data_dir  # recorded in checkpoints: generate/evaluate find the tokenizer there
         self.model: GPT4 | None = None
         self.val_loss = MeanMetric()
 
     def configure_model(self) -> None:
-        if self.model is None:
-            self.model = GPT4.from_config(self.model_config)
+        if self.model is not None:
+            return
+        mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2), else None
+        if mesh is None:
+            self.model = parallelize(GPT4.from_config(self.model_config), self.parallel)
+            return
+        # FSDP2: build on the meta device, shard, then allocate and initialise only this rank's shards
+        with torch.device("meta"):
+            model = GPT4.from_config(self.model_config)
+        parallelize(model, self.parallel, mesh["data_parallel"])
+        model.to_empty(device=self.device)
+        with torch.no_grad():
+            model.init_weights()
+        self.model = model
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss = self.model.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # mean over ranks: the global batch's loss
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=30)))
         return loss
 

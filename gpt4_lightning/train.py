@@ -24,6 +24,7 @@ from .data.prepare import prepare
 from .hydra_config import register_configs
 from .model import GPT4Config
 from .module import GPT4LitModule, perplexity
+from .parallelize import ParallelConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
                                 num_workers=cfg.data.num_workers, seed=cfg.data.seed, verify=cfg.data.verify,
                                 max_token_id=model_cfg.num_tokens)
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler is not None else None
+    parallel = ParallelConfig(**OmegaConf.to_container(cfg.parallel, resolve=True))
     module = GPT4LitModule(model=model_cfg, optimizer=instantiate(cfg.optim), scheduler=scheduler,
-                           data_dir=str(data_dir))
+                           data_dir=str(data_dir), parallel=parallel)
     trainer = instantiate(cfg.trainer)
     return module, datamodule, trainer
 

@@ -1,47 +1,11 @@
 """End to end through the real CLI, in subprocesses: train, resume, generate, evaluate, bad overrides."""
 
 import csv
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from gpt4_lightning.data.corpus import stdlib_files
-
-TINY_MODEL = ["model.num_tokens=512", "model.dim=64", "model.depth=2", "model.heads=4", "model.dim_head=16",
-              "model.alibi_num_heads=2", "model.max_seq_len=128"]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """A small real corpus (60 stdlib modules as jsonl) and a cache dir shared by the tests here."""
-    root = tmp_path_factory.mktemp("cli")
-    with open(root / "corpus.jsonl", "w") as f:
-        for path in stdlib_files()[:60]:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            f.write(json.dumps({"text": text}) + "\n")
-    return root
-
-
-def run(workdir: Path, entry: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(workdir / "cache")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, "-m", f"gpt4_lightning.{entry}", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def train_args(workdir: Path, max_steps: int) -> list[str]:
-    return ["data=files", f"data.path={workdir / 'corpus.jsonl'}", "data.seq_len=64", "data.batch_size=8",
-            "data.val_fraction=0.1", "tokenizer.vocab_size=512", *TINY_MODEL, f"trainer.max_steps={max_steps}",
-            "trainer.val_check_interval=20", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
-            "checkpoint_every_n_steps=20", "scheduler.warmup_steps=5", "optim.lr=3e-3", "run_name=tiny"]
+from conftest import run, train_args
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:

@@ -1,0 +1,99 @@
+"""Parallelism applied to a `GPT4` from outside: the model code knows nothing of it.
+
+`parallelize` applies, per decoder block and in this order:
+
+1. activation checkpointing (every `ac_every`-th block): the block's activations are recomputed
+   in backward instead of stored;
+2. `torch.compile` of the block (in place, `nn.Module.compile`, so parameter names and
+   checkpoints are the same compiled or not);
+3. FSDP2 `fully_shard` of the block, then of the root (the `Transformer`), with a `MixedPrecisionPolicy`.
+
+NOTE the order matters: compile sees the checkpointed block as one region (AC before compile), and
+FSDP's all-gather/reshard hooks wrap the compiled, checkpointed block (FSDP last) — as torchtitan
+does. Sharding per block lets FSDP free each block's gathered parameters after its forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .model import GPT4
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ParallelConfig:
+    """The `parallel` config key (`conf/trainer/*.yaml`).
+
+    activation_checkpointing: recompute block activations in backward (memory for compute).
+    ac_every: checkpoint every k-th block only (1 = all).
+    compile: `torch.compile` each decoder block.
+    param_dtype / reduce_dtype: FSDP2 mixed precision ("bf16", "fp32" or None = the params' dtype):
+        params all-gathered and computed in `param_dtype`, gradients reduce-scattered in `reduce_dtype`.
+    reshard_after_forward: free gathered block params after forward (ZeRO-3); False keeps them
+        until backward (ZeRO-2-like: more memory, less communication).
+    """
+
+    activation_checkpointing: bool = False
+    ac_every: int = 1
+    compile: bool = False
+    param_dtype: str | None = None
+    reduce_dtype: str | None = None
+    reshard_after_forward: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ac_every < 1:
+            raise ValueError(f"parallel.ac_every={self.ac_every} must be >= 1 (1 checkpoints every block)")
+        for key in ("param_dtype", "reduce_dtype"):
+            value = getattr(self, key)
+            if value is not None and value not in DTYPES:
+                raise ValueError(f"parallel.{key}={value!r} must be one of {sorted(DTYPES)} or null")
+
+
+def apply_activation_checkpointing(blocks: nn.ModuleList, every: int) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i in range(0, len(blocks), every):
+        # the wrapper keeps state-dict keys unchanged (it strips its own prefix)
+        blocks[i] = checkpoint_wrapper(blocks[i], preserve_rng_state=False)
+
+
+def apply_compile(blocks: nn.ModuleList) -> None:
+    for block in blocks:
+        block.compile()  # in place: keys stay `blocks.i.…`, unlike torch.compile(block)'s `_orig_mod.`
+
+
+def apply_fsdp(model: GPT4, mesh: object, cfg: ParallelConfig) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES.get(cfg.param_dtype), reduce_dtype=DTYPES.get(cfg.reduce_dtype))
+    blocks = model.net.decoder.blocks
+    for i, block in enumerate(blocks):
+        # the last block's params are needed again at once by backward: keep them gathered
+        reshard = cfg.reshard_after_forward and i < len(blocks) - 1
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+    # the root is the Transformer (`model.net`): its forward is what `loss`/`generate` call, and
+    # FSDP's gather/reshard hooks run on forward (GPT4 itself holds no parameters)
+    fully_shard(model.net, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+
+
+def parallelize(model: GPT4, cfg: ParallelConfig, mesh: object | None = None) -> GPT4:
+    """Apply AC → compile → FSDP2 (when a data-parallel `mesh` is given) to `model` in place."""
+    blocks = model.net.decoder.blocks
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(blocks, cfg.ac_every)
+    if cfg.compile:
+        apply_compile(blocks)
+    if mesh is not None:
+        apply_fsdp(model, mesh, cfg)
+    log.info("parallelize: activation checkpointing %s, compile %s, FSDP2 %s",
+             f"every {cfg.ac_every} block(s)" if cfg.activation_checkpointing else "off",
+             "on" if cfg.compile else "off", f"over {mesh}" if mesh is not None else "off")
+    return model

@@ -1,0 +1,54 @@
+"""Parallelism applied from outside: activation checkpointing and compile change the graph, not the loss."""
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY
+
+from gpt4_lightning import GPT4
+from gpt4_lightning.parallelize import ParallelConfig, parallelize
+
+
+def loss_and_grads(model: GPT4, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss = model.loss(tokens)
+    loss.backward()
+    # parameter names as in the state dict (the AC wrapper adds a level to named_parameters)
+    return loss.detach(), {n.replace("._checkpoint_wrapped_module", ""): p.grad.clone()
+                           for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_activation_checkpointing_keeps_loss_grads_and_names(every):
+    model = GPT4(**{**TINY, "depth": 4})
+    checkpointed = parallelize(copy.deepcopy(model), ParallelConfig(activation_checkpointing=True, ac_every=every))
+    wrapped = [type(b).__name__ for b in checkpointed.net.decoder.blocks]
+    assert wrapped == ["CheckpointWrapper" if i % every == 0 else "DecoderBlock" for i in range(4)]
+    assert checkpointed.state_dict().keys() == model.state_dict().keys()  # checkpoints stay interchangeable
+    tokens = torch.randint(0, TINY["num_tokens"], (2, 33))
+    loss, grads = loss_and_grads(model, tokens)
+    ac_loss, ac_grads = loss_and_grads(checkpointed, tokens)
+    torch.testing.assert_close(ac_loss, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(ac_grads[name], grad, msg=name)
+
+
+def test_bad_parallel_config_is_named():
+    with pytest.raises(ValueError, match=r"parallel\.ac_every"):
+        ParallelConfig(ac_every=0)
+    with pytest.raises(ValueError, match=r"parallel\.param_dtype"):
+        ParallelConfig(param_dtype="bf17")
+
+
+@pytest.mark.slow
+def test_compile_keeps_loss_and_grads():
+    model = GPT4(**TINY)
+    compiled = parallelize(copy.deepcopy(model), ParallelConfig(compile=True, activation_checkpointing=True))
+    assert compiled.state_dict().keys() == model.state_dict().keys()
+    tokens = torch.randint(0, TINY["num_tokens"], (2, 33))
+    loss, grads = loss_and_grads(model, tokens)
+    c_loss, c_grads = loss_and_grads(compiled, tokens)
+    torch.testing.assert_close(c_loss, loss, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(c_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
