@@ -15,11 +15,13 @@ PREFIX = "model."  # GPT4LitModule keeps the GPT4 as `self.model`
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """`torch.load(weights_only=True)`: tensors and plain containers only; anything else is refused."""
+    """`torch.load(weights_only=True)`: tensors and plain containers only; anything else is refused.
+    For a sharded (FSDP, torch.distributed.checkpoint) directory: its `meta.pt`, without weights."""
     path = Path(path)
+    if path.is_dir():
+        path = path / "meta.pt"
     if not path.is_file():
-        raise ValueError(f"ckpt_path={path}: no such checkpoint file (a sharded checkpoint directory needs "
-                         "`python -m gpt4_lightning.export` first)")
+        raise ValueError(f"ckpt_path={path}: no such checkpoint file or sharded checkpoint directory")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -36,9 +38,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     if "gpt4_config" not in checkpoint:
         raise ValueError(f"ckpt_path={path} was not written by gpt4_lightning.train (no gpt4_config in it)")
     config = GPT4Config.from_kwargs(**checkpoint["gpt4_config"])
+    if Path(path).is_dir():
+        state = _read_sharded_weights(Path(path), config)
+    else:
+        state = {k.removeprefix(PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
     with torch.device("meta"):
         model = GPT4.from_config(config)
-    state = {k.removeprefix(PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
@@ -46,6 +51,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     model.net.materialize_buffers(torch.device("cpu"))
     meta = {k: v for k, v in checkpoint.items() if k in ("global_step", "epoch", "gpt4_data_dir")}
     return model.to(device).eval(), meta
+
+
+def _read_sharded_weights(path: Path, config: GPT4Config) -> dict[str, torch.Tensor]:
+    """The full model weights of a torch.distributed.checkpoint directory, gathered in this one process
+    (any number of shards; DCP reshards on load). Only the model's tensors are read, not the optimizer's."""
+    import torch.distributed.checkpoint as dcp
+
+    with torch.device("meta"):
+        shapes = GPT4.from_config(config).state_dict()
+    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+    try:
+        dcp.load({"state_dict": {PREFIX + k: v for k, v in state.items()}}, checkpoint_id=str(path), no_dist=True)
+    except Exception as e:  # DCP raises CheckpointException listing each rank's error
+        raise ValueError(f"ckpt_path={path}: cannot read the sharded weights: {str(e).splitlines()[0]}") from e
+    return state
 
 
 def _shape_mismatch(message: str) -> str:

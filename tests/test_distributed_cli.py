@@ -38,3 +38,29 @@ def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy):
         assert ckpt.is_dir() and len(list(ckpt.glob("*.distcp"))) == 2  # sharded: one file per rank
     else:
         assert torch.load(ckpt, weights_only=True)["global_step"] == 10
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_reshards_and_exports(workdir):
+    from gpt4_lightning import GPT4
+    from gpt4_lightning.checkpoint import load_model
+
+    two = ["trainer=fsdp", "trainer.accelerator=cpu", "data.batch_size=4"]
+    run(workdir, "train", *args(workdir, "reshard", *two, "trainer.devices=2"))
+    ckpt = workdir / "outputs" / "reshard" / "checkpoints" / "last.ckpt"
+    # 2 ranks -> 1 rank: DCP reshards the model and optimizer on load; the data position is global
+    resumed = run(workdir, "train", *args(workdir, "reshard", *two, "trainer.devices=1", "trainer.max_steps=14",
+                                          "ckpt_path=last"))
+    assert "steps: 14" in resumed.stdout
+    losses = step_losses(workdir / "outputs" / "reshard")
+    assert max(losses) >= 13 and all(loss < 7 for loss in losses.values())
+
+    trained, meta = load_model(ckpt)  # gathers the shards in this one process
+    assert meta["global_step"] == 14
+    out = workdir / "exported"
+    run(workdir, "export", f"ckpt_path={ckpt}", f"out={out / 'model.safetensors'}")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    exported = GPT4.from_pretrained(out)
+    tokens = torch.randint(0, exported.config.num_tokens, (2, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(tokens), trained(tokens), atol=1e-5, rtol=1e-5)

@@ -61,3 +61,18 @@ def test_init_weights_reinitialises_after_meta_build():
     assert torch.count_nonzero(model.net.decoder.alibi.slopes) == 2
     logits = model(torch.randint(0, 256, (2, 16)))
     assert torch.isfinite(logits).all()
+
+
+def test_save_and_from_pretrained_round_trip_without_pickle(tmp_path):
+    model = GPT4(num_tokens=256, max_seq_len=64, dim=64, depth=2, dim_head=16, heads=4, alibi_num_heads=2,
+                 use_abs_pos_emb=True)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert not (tmp_path / "model.safetensors").read_bytes().startswith(b"\x80")  # not a pickle stream
+    loaded = GPT4.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    tokens = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model.eval()(tokens))
+    with pytest.raises(ValueError, match="config.json"):
+        GPT4.from_pretrained(tmp_path / "nowhere")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 
 from .autoregressive import AutoregressiveWrapper
@@ -16,6 +19,7 @@ from .transformer import Transformer
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def _log_failure(what: str) -> Callable[[F], F]:
@@ -76,6 +80,40 @@ class GPT4(AutoregressiveWrapper):
     @classmethod
     def from_config(cls, config: GPT4Config) -> GPT4:
         return cls(**config.to_dict())
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """`out_dir/model.safetensors` (full, unsharded weights) + `out_dir/config.json` (the GPT4
+        arguments): plain data both, loadable without pickle by `from_pretrained`."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = out_dir / ".model.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.replace(out_dir / WEIGHTS)
+        tmp = out_dir / ".config.json.tmp"
+        tmp.write_text(json.dumps(self.config.to_dict(), indent=2))
+        tmp.replace(out_dir / CONFIG)
+        return out_dir
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> GPT4:
+        """Load what `save_pretrained` (or `python -m gpt4_lightning.export`) wrote: a directory
+        holding model.safetensors + config.json, or the .safetensors file with config.json beside it."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        weights = path / WEIGHTS if path.is_dir() else path
+        config_file = weights.parent / CONFIG
+        if not weights.is_file() or not config_file.is_file():
+            raise ValueError(f"{path}: expected {WEIGHTS} and {CONFIG} (from gpt4_lightning.export) there")
+        config = GPT4Config.from_kwargs(**json.loads(config_file.read_text()))
+        with torch.device("meta"):
+            model = cls.from_config(config)
+        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True, assign=True)
+        model.net.materialize_buffers(torch.device(device))
+        return model.eval()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,39 @@
+"""`python -m gpt4_lightning.export ckpt_path=<checkpoint> out=<dir or .safetensors>`
+
+Consolidates a training checkpoint — a plain Lightning `.ckpt` or a sharded FSDP directory (any
+number of ranks) — into one `model.safetensors` + `config.json` that `GPT4.from_pretrained` loads
+in one process. Nothing is unpickled (weights_only / DCP tensors) and nothing pickled is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from .checkpoint import load_model
+from .cli import check_overrides, run_cli
+
+
+def export(cfg: DictConfig) -> Path:
+    out = Path(cfg.out)
+    out_dir = out.parent if out.suffix == ".safetensors" else out
+    if out.suffix == ".safetensors" and out.name != "model.safetensors":
+        raise ValueError(f"out={out}: name the file model.safetensors (config.json goes beside it) or pass a directory")
+    model, meta = load_model(cfg.ckpt_path)
+    model.save_pretrained(out_dir)
+    print(f"exported {model.num_params():,} parameters (step {meta.get('global_step')}) to "
+          f"{out_dir / 'model.safetensors'} + {out_dir / 'config.json'}")
+    return out_dir
+
+
+@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="export", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_cli(export, cfg)
+
+
+if __name__ == "__main__":
+    check_overrides("export", sys.argv)
+    sys.exit(main())
