@@ -1,6 +1,7 @@
 """The seed's class: signature, default size on the meta device, the usage snippet."""
 
 import inspect
+import json
 
 import pytest
 import torch
@@ -68,11 +69,14 @@ def test_save_and_from_pretrained_round_trip_without_pickle(tmp_path):
                  use_abs_pos_emb=True)
     model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
-    assert not (tmp_path / "model.safetensors").read_bytes().startswith(b"\x80")  # not a pickle stream
+    data = (tmp_path / "model.safetensors").read_bytes()  # safetensors: u64 header length, JSON header, raw data
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert header["net.abs_pos_emb.weight"] == {"dtype": "F32", "shape": [64, 64],
+                                                "data_offsets": header["net.abs_pos_emb.weight"]["data_offsets"]}
     loaded = GPT4.from_pretrained(tmp_path)
     assert loaded.config == model.config
     tokens = torch.randint(0, 256, (2, 40))
     with torch.no_grad():
         assert torch.equal(loaded(tokens), model.eval()(tokens))
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match=r"config\.json"):
         GPT4.from_pretrained(tmp_path / "nowhere")
