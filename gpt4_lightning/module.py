@@ -14,7 +14,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from .model import GPT4, GPT4Config
 from .optim import weight_decay_groups
-from .parallelize import ParallelConfig, parallelize
+from .parallelize import ParallelConfig, init_sharded_weights, parallelize
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -31,12 +31,14 @@ class GPT4LitModule(L.LightningModule):
 
     def __init__(self, model: GPT4Config | dict[str, Any], optimizer: OptimizerFactory,
                  scheduler: SchedulerFactory | None = None, data_dir: str | None = None,
-                 parallel: ParallelConfig | dict[str, Any] | None = None) -> None:
+                 parallel: ParallelConfig | dict[str, Any] | None = None, init_seed: int | None = None) -> None:
         super().__init__()
         self.model_config = model if isinstance(model, GPT4Config) else GPT4Config.from_kwargs(**model)
         self.parallel = parallel if isinstance(parallel, ParallelConfig) else ParallelConfig(**(parallel or {}))
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_dir = data_dir  # recorded in checkpoints: generate/evaluate find the tokenizer there
+        # weights seeded per module: the same initial model on 1 process, under DDP and sharded by FSDP2
+        self.init_seed = init_seed
         self.model: GPT4 | None = None
         self.val_loss = MeanMetric()
 
@@ -45,7 +47,10 @@ class GPT4LitModule(L.LightningModule):
             return
         mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2), else None
         if mesh is None:
-            self.model = parallelize(GPT4.from_config(self.model_config), self.parallel)
+            model = GPT4.from_config(self.model_config)
+            if self.init_seed is not None:
+                model.init_weights(self.init_seed)
+            self.model = parallelize(model, self.parallel)
             return
         # FSDP2: build on the meta device, shard, then allocate and initialise only this rank's shards
         with torch.device("meta"):
@@ -53,7 +58,10 @@ class GPT4LitModule(L.LightningModule):
         parallelize(model, self.parallel, mesh["data_parallel"])
         model.to_empty(device=self.device)
         with torch.no_grad():
-            model.init_weights()
+            if self.init_seed is None:
+                model.init_weights()
+            else:
+                init_sharded_weights(model, self.init_seed)
         self.model = model
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

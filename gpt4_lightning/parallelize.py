@@ -84,6 +84,36 @@ def apply_fsdp(model: GPT4, mesh: object, cfg: ParallelConfig) -> None:
     fully_shard(model.net, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
 
 
+def init_sharded_weights(model: GPT4, seed: int) -> None:
+    """`model.init_weights(seed)` for an FSDP2-sharded model: the same values as the unsharded model.
+
+    One module at a time (never the whole model), its DTensor parameters are swapped for full-size
+    local tensors, initialised with the module's own seeded generator, and this rank keeps its shard.
+    """
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    from .model.transformer import module_seed
+
+    for name, module in model.net.init_modules():
+        owners = [module, *(c for c in module.children() if isinstance(c, nn.Linear))]
+        swapped = []
+        for owner in owners:
+            for pname, param in list(owner.named_parameters(recurse=False)):
+                if isinstance(param, DTensor):
+                    full = torch.empty(param.shape, dtype=param.dtype, device=param.to_local().device)
+                    owner._parameters[pname] = nn.Parameter(full, requires_grad=param.requires_grad)
+                    swapped.append((owner, pname, param, full))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(module_seed(seed, name))
+            module.reset_parameters()
+        with torch.no_grad():
+            for owner, pname, param, full in swapped:
+                owner._parameters[pname] = param
+                # every rank holds the same full tensor: take the local shard without communication
+                local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+                param.to_local().copy_(local.to_local())
+
+
 def parallelize(model: GPT4, cfg: ParallelConfig, mesh: object | None = None) -> GPT4:
     """Apply AC → compile → FSDP2 (when a data-parallel `mesh` is given) to `model` in place."""
     blocks = model.net.decoder.blocks

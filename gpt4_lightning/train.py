@@ -65,7 +65,7 @@ def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler is not None else None
     parallel = ParallelConfig(**OmegaConf.to_container(cfg.parallel, resolve=True))
     module = GPT4LitModule(model=model_cfg, optimizer=instantiate(cfg.optim), scheduler=scheduler,
-                           data_dir=str(data_dir), parallel=parallel)
+                           data_dir=str(data_dir), parallel=parallel, init_seed=cfg.seed)
     trainer = instantiate(cfg.trainer)
     return module, datamodule, trainer
 

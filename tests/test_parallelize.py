@@ -52,3 +52,15 @@ def test_compile_keeps_loss_and_grads():
     torch.testing.assert_close(c_loss, loss, atol=1e-5, rtol=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(c_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_seeded_init_depends_on_names_not_on_wrappers_or_order():
+    a = GPT4(**TINY)
+    a.init_weights(seed=7)
+    b = parallelize(GPT4(**TINY), ParallelConfig(activation_checkpointing=True))
+    torch.randn(100)  # consuming the global RNG in between changes nothing
+    b.init_weights(seed=7)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    c = GPT4(**TINY)
+    c.init_weights(seed=8)
+    assert not torch.equal(c.net.to_logits.weight, a.net.to_logits.weight)

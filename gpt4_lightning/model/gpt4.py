@@ -118,9 +118,9 @@ class GPT4(AutoregressiveWrapper):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def init_weights(self) -> None:
-        """Initialise all weights (after building on the meta device and sharding)."""
-        self.net.init_weights()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise all weights (after building on the meta device and sharding); see `Transformer.init_weights`."""
+        self.net.init_weights(seed)
 
     @_log_failure("forward")
     def forward(self, tokens: Tensor) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor, nn
 
@@ -9,6 +11,15 @@ from .config import GPT4Config
 from .decoder import Decoder
 from .embedding import AbsolutePositionalEmbedding, TokenEmbedding
 from .kv_cache import KVCache
+
+
+def module_seed(seed: int, name: str) -> int:
+    """A stable 63-bit seed for one module: independent of Python's hash randomisation."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+def canonical_name(name: str) -> str:
+    return ".".join(part for part in name.split(".") if part not in ("_checkpoint_wrapped_module", "_orig_mod"))
 
 
 def check_tokens(tokens: Tensor, cfg: GPT4Config, offset: int = 0) -> None:
@@ -50,12 +61,26 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.normal_(self.to_logits.weight, std=0.02)
 
-    def init_weights(self) -> None:
+    def init_weights(self, seed: int | None = None) -> None:
         """(Re-)initialise every parameter and buffer, e.g. after building on the meta device and
-        sharding. Each module initialises the `nn.Linear`s it owns, so bare Linears are skipped."""
-        for module in self.modules():
-            if not isinstance(module, nn.Linear) and hasattr(module, "reset_parameters"):
+        sharding. Each module initialises the `nn.Linear`s it owns, so bare Linears are skipped.
+
+        With `seed`, each module draws from its own generator seeded by (seed, its name), so the
+        values do not depend on how many modules were initialised before it — a sharded model
+        initialised shard by shard gets exactly the weights of an unsharded one."""
+        for name, module in self.init_modules():
+            if seed is None:
                 module.reset_parameters()
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(module_seed(seed, name))
+                module.reset_parameters()
+
+    def init_modules(self) -> list[tuple[str, nn.Module]]:
+        """The modules `init_weights` initialises, by their canonical name (as in the state dict: wrapper
+        levels such as activation checkpointing's are left out, so the seeds do not depend on them)."""
+        return [(canonical_name(name), module) for name, module in self.named_modules()
+                if not isinstance(module, nn.Linear) and hasattr(module, "reset_parameters")]
 
     def materialize_buffers(self, device: torch.device) -> None:
         """Recompute non-persistent buffers (rotary frequencies, ALiBi slopes) still on the meta device,
