@@ -51,11 +51,15 @@ def test_fsdp_checkpoint_reshards_and_exports(workdir):
     resumed = run(workdir, "train", *args(workdir, "reshard", *two, "trainer.devices=1", "trainer.max_steps=14",
                                           "ckpt_path=last"))
     assert "steps: 14" in resumed.stdout
+    # and back: 1 rank -> 2 ranks
+    again = run(workdir, "train", *args(workdir, "reshard", *two, "trainer.devices=2", "trainer.max_steps=18",
+                                        "ckpt_path=last"))
+    assert "steps: 18" in again.stdout
     losses = step_losses(workdir / "outputs" / "reshard")
-    assert max(losses) >= 13 and all(loss < 7 for loss in losses.values())
+    assert max(losses) >= 17 and all(loss < 7 for loss in losses.values())
 
     trained, meta = load_model(ckpt)  # gathers the shards in this one process
-    assert meta["global_step"] == 14
+    assert meta["global_step"] == 18
     out = workdir / "exported"
     run(workdir, "export", f"ckpt_path={ckpt}", f"out={out / 'model.safetensors'}")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
