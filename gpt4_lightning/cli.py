@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import hydra
 from hydra.errors import HydraException
+from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -52,3 +54,19 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
         message = " ".join(str(e).replace("Available options", "; available options").split())
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def launch(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
+    """The body of every `python -m gpt4_lightning.<entry>`: register the config schema and resolvers,
+    pre-check the overrides, then run `fn` on the composed config as a Hydra app (`conf/<config_name>.yaml`,
+    which names the job), turning user errors into one line."""
+    from .hydra_config import register_configs
+
+    register_configs()
+    check_overrides(config_name, sys.argv)
+
+    @hydra.main(config_path="pkg://gpt4_lightning.conf", config_name=config_name, version_base=None)
+    def main(cfg: DictConfig) -> None:
+        run_cli(fn, cfg)
+
+    main()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from .checkpoint import load_model
-from .cli import check_overrides, run_cli
+from .cli import launch
 from .data.datamodule import GPT4DataModule
 from .generate import pick_device
 from .module import perplexity
@@ -42,11 +39,5 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return result
 
 
-@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="evaluate", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_cli(evaluate, cfg)
-
-
 if __name__ == "__main__":
-    check_overrides("evaluate", sys.argv)
-    sys.exit(main())
+    launch("evaluate", evaluate)

@@ -7,14 +7,12 @@ in one process. Nothing is unpickled (weights_only / DCP tensors) and nothing pi
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from .checkpoint import load_model
-from .cli import check_overrides, run_cli
+from .cli import launch
 
 
 def export(cfg: DictConfig) -> Path:
@@ -29,11 +27,5 @@ def export(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="export", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_cli(export, cfg)
-
-
 if __name__ == "__main__":
-    check_overrides("export", sys.argv)
-    sys.exit(main())
+    launch("export", export)

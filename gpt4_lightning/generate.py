@@ -6,13 +6,12 @@ import re
 import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from tokenizers import Tokenizer
 
 from .checkpoint import load_model
-from .cli import check_overrides, run_cli
+from .cli import launch
 from .data.shards import Manifest
 
 
@@ -69,12 +68,6 @@ def quote_prompt(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="generate", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_cli(generate, cfg)
-
-
 if __name__ == "__main__":
     sys.argv = quote_prompt(sys.argv)
-    check_overrides("generate", sys.argv)
-    sys.exit(main())
+    launch("generate", generate)

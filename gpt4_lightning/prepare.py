@@ -12,12 +12,9 @@ function itself, so they are handled here.
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from omegaconf import DictConfig
 
-from .cli import check_overrides, run_cli
+from .cli import launch
 from .data.prepare import prepare, summary
 from .data.shards import Manifest
 
@@ -28,11 +25,5 @@ def run(cfg: DictConfig) -> None:
     print(out)
 
 
-@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="prepare", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_cli(run, cfg)
-
-
 if __name__ == "__main__":
-    check_overrides("prepare", sys.argv)
-    sys.exit(main())
+    launch("prepare", run)

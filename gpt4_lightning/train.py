@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import logging
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import check_overrides, run_cli
+from .cli import launch
 from .data.datamodule import GPT4DataModule
 from .data.prepare import prepare
-from .hydra_config import register_configs
 from .model import GPT4Config
 from .module import GPT4LitModule, perplexity
 from .parallelize import ParallelConfig
@@ -100,12 +97,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(config_path="pkg://gpt4_lightning.conf", config_name="train", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_cli(train, cfg)
-
-
 if __name__ == "__main__":
-    check_overrides("train", sys.argv)
-    register_configs()
-    sys.exit(main())
+    launch("train", train)
