@@ -43,23 +43,21 @@ class GPT4LitModule(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def configure_model(self) -> None:
+        """Build on the meta device, apply parallelism (FSDP2 shards it when the strategy gives a mesh),
+        then allocate and initialise only what this rank holds: the same path for one device, DDP
+        and FSDP2, and a 2B model never exists whole on a rank."""
         if self.model is not None:
             return
         mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2), else None
-        if mesh is None:
-            model = GPT4.from_config(self.model_config)
-            if self.init_seed is not None:
-                model.init_weights(self.init_seed)
-            self.model = parallelize(model, self.parallel)
-            return
-        # FSDP2: build on the meta device, shard, then allocate and initialise only this rank's shards
         with torch.device("meta"):
             model = GPT4.from_config(self.model_config)
-        parallelize(model, self.parallel, mesh["data_parallel"])
+        parallelize(model, self.parallel, mesh["data_parallel"] if mesh is not None else None)
         model.to_empty(device=self.device)
         with torch.no_grad():
             if self.init_seed is None:
                 model.init_weights()
+            elif mesh is None:
+                model.init_weights(self.init_seed)
             else:
                 init_sharded_weights(model, self.init_seed)
         self.model = model
