@@ -38,12 +38,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     if "gpt4_config" not in checkpoint:
         raise ValueError(f"ckpt_path={path} was not written by gpt4_lightning.train (no gpt4_config in it)")
     config = GPT4Config.from_kwargs(**checkpoint["gpt4_config"])
-    if Path(path).is_dir():
-        state = _read_sharded_weights(Path(path), config)
-    else:
-        state = {k.removeprefix(PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
     with torch.device("meta"):
         model = GPT4.from_config(config)
+    if Path(path).is_dir():
+        state = _read_sharded_weights(Path(path), model)
+    else:
+        state = {k.removeprefix(PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
@@ -53,14 +53,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     return model.to(device).eval(), meta
 
 
-def _read_sharded_weights(path: Path, config: GPT4Config) -> dict[str, torch.Tensor]:
-    """The full model weights of a torch.distributed.checkpoint directory, gathered in this one process
-    (any number of shards; DCP reshards on load). Only the model's tensors are read, not the optimizer's."""
+def _read_sharded_weights(path: Path, model: GPT4) -> dict[str, torch.Tensor]:
+    """The full weights of `model` (built on meta: shapes only) from a torch.distributed.checkpoint directory,
+    gathered in this one process (any number of shards; DCP reshards on load). Only the model's tensors are
+    read, not the optimizer's."""
     import torch.distributed.checkpoint as dcp
 
-    with torch.device("meta"):
-        shapes = GPT4.from_config(config).state_dict()
-    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
     try:
         dcp.load({"state_dict": {PREFIX + k: v for k, v in state.items()}}, checkpoint_id=str(path), no_dist=True)
     except Exception as e:  # DCP raises CheckpointException listing each rank's error
