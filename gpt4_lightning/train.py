@@ -7,6 +7,7 @@ checkpoints into its Hydra run directory; `ckpt_path=last` resumes the run in th
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,32 @@ from .data.prepare import prepare
 from .model import GPT4Config
 from .module import GPT4LitModule, perplexity
 from .parallelize import ParallelConfig
+from .resilience import LAST, GracefulStop, step_of
 
 log = logging.getLogger(__name__)
 
 
+class NonFiniteLossError(ValueError):
+    """Training stopped on a NaN/Inf loss or gradient (`nonfinite=stop`): a bad input or hyperparameter,
+    reported as one `error:` line like other bad input."""
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`last` means this run directory's `checkpoints/last.ckpt`; any other value is a path."""
+    """`last` means this run directory's `checkpoints/last.ckpt`; `auto` the same when it exists, else a
+    fresh start (what a requeued Slurm job wants); any other value is a path."""
     if ckpt_path is None:
         return None
-    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    path = run_dir / "checkpoints" / LAST if ckpt_path in ("last", "auto") else Path(ckpt_path)
+    if ckpt_path == "auto":
+        if not path.exists():
+            log.info("ckpt_path=auto: no checkpoint in %s, starting fresh", path.parent)
+            return None
+        ckpt_path = "last"
     if not path.exists():
         hint = ("pass the run's directory: run_name=<name> or hydra.run.dir=<dir> with ckpt_path=last"
                 if ckpt_path == "last" else "check ckpt_path")
         raise ValueError(f"ckpt_path={ckpt_path}: no checkpoint at {path}; {hint}")
+    log.info("resuming from %s (step %s)", os.path.realpath(path), step_of(path))
     return str(path)
 
 
@@ -62,7 +76,8 @@ def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler is not None else None
     parallel = ParallelConfig(**OmegaConf.to_container(cfg.parallel, resolve=True))
     module = GPT4LitModule(model=model_cfg, optimizer=instantiate(cfg.optim), scheduler=scheduler,
-                           data_dir=str(data_dir), parallel=parallel, init_seed=cfg.seed)
+                           data_dir=str(data_dir), parallel=parallel, init_seed=cfg.seed, nonfinite=cfg.nonfinite,
+                           nonfinite_max_consecutive=cfg.nonfinite_max_consecutive)
     trainer = instantiate(cfg.trainer)
     return module, datamodule, trainer
 
@@ -78,18 +93,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module, datamodule, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
+    overrides = [o for o in HydraConfig.get().overrides.task
+                 if not o.startswith(("ckpt_path=", "run_name=", "hydra.run.dir="))]
+    resume = command("train", [*overrides, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+    stopper = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+    if module.nonfinite_stop_step is not None:
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient norm at step {module.nonfinite_stop_step} (nonfinite={cfg.nonfinite}, "
+            f"{module.nonfinite_steps} bad steps in all); the weights from before it are in "
+            f"{stopper.checkpoint if stopper else run_dir / 'checkpoints'}; lower optim.lr or check the data, "
+            f"then resume: {resume}")
     val_loss = trainer.callback_metrics.get("val/loss")
     result = {"run_dir": str(run_dir), "global_step": trainer.global_step,
-              "val_loss": float(val_loss) if val_loss is not None else None}
+              "val_loss": float(val_loss) if val_loss is not None else None,
+              "stop_signal": stopper.stop_signal if stopper else None}
+    if trainer.is_global_zero and stopper is not None and stopper.stop_signal:
+        requeued = stopper.requeue()
+        print(f"stopped by {stopper.stop_signal} at step {trainer.global_step}; checkpoint {stopper.checkpoint}",
+              flush=True)
+        print("the Slurm job is requeued and resumes from it" if requeued else f"resume: {resume}", flush=True)
+        return result
     if trainer.is_global_zero:
-        overrides = [o for o in HydraConfig.get().overrides.task
-                     if not o.startswith(("ckpt_path=", "run_name=", "hydra.run.dir="))]
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = run_dir / "checkpoints" / LAST
         lines = [f"run directory: {run_dir}", f"steps: {trainer.global_step}"]
         if val_loss is not None:
             lines.append(f"final val loss {float(val_loss):.4f}, perplexity {perplexity(float(val_loss)):.2f}")
         lines += [
-            "resume:   " + command("train", [*overrides, f"hydra.run.dir={run_dir}", "ckpt_path=last"]),
+            "resume:   " + resume,
             "generate: " + command("generate", [f"ckpt_path={last}", "prompt=def fib(n):"]),  # generate quotes it
             "evaluate: " + command("evaluate", [f"ckpt_path={last}"]),
         ]

@@ -50,7 +50,8 @@ def test_trainer_optim_scheduler_logger_callbacks_instantiate(tmp_path):
     assert trainer.default_root_dir == str(tmp_path) and trainer.logger.save_dir == str(tmp_path)
     assert trainer.max_steps == cfg.trainer.max_steps and trainer.precision == "32-true"
     names = [type(c).__name__ for c in trainer.callbacks]
-    assert {"ModelCheckpoint", "LearningRateMonitor", "ThroughputLogger"} <= set(names)
+    assert {"AtomicCheckpoint", "GracefulStop", "ThroughputLogger"} <= set(names)
+    assert not any(type(c).__name__ == "ModelCheckpoint" for c in trainer.callbacks)  # one checkpoint writer
     params = [torch.nn.Parameter(torch.zeros(2, 2))]
     optimizer = instantiate(cfg.optim)([{"params": params}])
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == cfg.optim.lr

@@ -1,0 +1,232 @@
+"""Kills, signals, interrupted saves and non-finite losses never cost more than the steps since the last
+checkpoint: exact resume after SIGKILL (1 process and 2-process FSDP2), graceful SIGTERM/SIGUSR1,
+atomic checkpoints, the non-finite guard. Real CLI runs in subprocesses, compared step by step."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run, train_args
+
+STEPS, EVERY = 120, 20
+
+
+def args(workdir: Path, name: str, *extra: str) -> list[str]:
+    base = [a for a in train_args(workdir, STEPS) if not a.startswith(("run_name=", "trainer.log_every_n_steps=",
+                                                                       "checkpoint_every_n_steps="))]
+    return [*base, f"run_name={name}", "trainer.log_every_n_steps=1", f"checkpoint_every_n_steps={EVERY}",
+            "trainer.enable_progress_bar=false", *extra]
+
+
+def start(workdir: Path, *cli_args: str, script: list[str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(workdir / "cache")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    cmd = script or ["-m", "gpt4_lightning.train"]
+    return subprocess.Popen([sys.executable, *cmd, *cli_args], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"exited {proc.returncode} before {path} appeared: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> train loss; a step logged twice (before a kill and after the resume) keeps the later value."""
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def resume_step(run_dir: Path) -> int:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt" / "meta.pt" if (run_dir / "checkpoints" / "last.ckpt")
+                      .is_dir() else run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def assert_same_from(resumed: dict[int, float], reference: dict[int, float], first: int) -> None:
+    compared = [s for s in reference if s >= first]
+    assert compared and max(compared) == STEPS - 1
+    mismatched = [(s, resumed.get(s), reference[s]) for s in compared if resumed.get(s) != reference[s]]
+    assert not mismatched, mismatched[:5]  # exact equality: bitwise-identical losses
+
+
+STRATEGIES = {"one": [], "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                  "data.batch_size=4"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy):
+    extra = STRATEGIES[strategy]
+    run(workdir, "train", *args(workdir, f"whole_{strategy}", *extra))
+    reference = losses(workdir / "outputs" / f"whole_{strategy}")
+
+    run_dir = workdir / "outputs" / f"killed_{strategy}"
+    proc = start(workdir, *args(workdir, f"killed_{strategy}", *extra))
+    wait_for(run_dir / "checkpoints" / f"step{EVERY:06d}.ckpt", proc)
+    time.sleep(0.4)  # somewhere between checkpoints
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank, no chance to clean up
+    proc.wait()
+    first = resume_step(run_dir)
+    assert first >= EVERY and first < STEPS
+
+    resumed = run(workdir, "train", *args(workdir, f"killed_{strategy}", *extra, "ckpt_path=last"))
+    assert f"steps: {STEPS}" in resumed.stdout
+    assert_same_from(losses(run_dir), reference, first)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "signum"), [("one", signal.SIGTERM), ("fsdp", signal.SIGUSR1)])
+def test_signal_checkpoints_after_the_step_exits_zero_and_resumes_exactly(workdir, strategy, signum):
+    extra = STRATEGIES[strategy]
+    reference_dir = workdir / "outputs" / f"whole_{strategy}"
+    if not reference_dir.exists():
+        run(workdir, "train", *args(workdir, f"whole_{strategy}", *extra))
+    reference = losses(reference_dir)
+
+    name = f"stopped_{strategy}"
+    run_dir = workdir / "outputs" / name
+    proc = start(workdir, *args(workdir, name, *extra))
+    wait_for(run_dir / "checkpoints" / f"step{EVERY:06d}.ckpt", proc)
+    time.sleep(0.3)
+    os.kill(proc.pid, signum)  # the launching process only (rank 0): the other rank learns it at the step's end
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = resume_step(run_dir)
+    assert f"stopped by {signal.Signals(signum).name} at step {stopped}" in out, out
+    assert "ckpt_path=last" in out  # how to resume
+    assert EVERY <= stopped < STEPS
+    assert os.path.realpath(run_dir / "checkpoints" / "last.ckpt").endswith(f"step{stopped:06d}.ckpt")
+
+    run(workdir, "train", *args(workdir, name, *extra, "ckpt_path=last"))
+    assert_same_from(losses(run_dir), reference, stopped)
+
+
+SLOW_SAVE = """
+import runpy, sys, time
+from pathlib import Path
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+marker = Path(sys.argv.pop(1))
+save = TorchCheckpointIO.save_checkpoint
+
+def slow_save(self, checkpoint, path, storage_options=None):
+    if ".tmp-step000040" in str(path):  # half a file, then the process is killed while 'writing'
+        with open(path, "wb") as f:
+            f.write(b"PK partial checkpoint")
+        marker.touch()
+        time.sleep(600)
+    return save(self, checkpoint, path, storage_options)
+
+TorchCheckpointIO.save_checkpoint = slow_save
+sys.argv[0] = "train"
+runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path):
+    script = tmp_path / "slow_save.py"
+    script.write_text(SLOW_SAVE)
+    marker = tmp_path / "saving"
+    run_dir = workdir / "outputs" / "kill_mid_save"
+    proc = start(workdir, *args(workdir, "kill_mid_save"), script=[str(script), str(marker)])
+    wait_for(marker, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / ".tmp-step000040.ckpt").exists()  # the interrupted save, never visible as a checkpoint
+    assert not (ckpts / "step000040.ckpt").exists()
+    assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt")
+    sample = run(workdir, "generate", f"ckpt_path={ckpts / 'last.ckpt'}", "max_new_tokens=4", "prompt=def")
+    assert "(step 20)" in sample.stdout
+
+    run(workdir, "train", *args(workdir, "kill_mid_save", "trainer.max_steps=50", "ckpt_path=last"))
+    assert not (ckpts / ".tmp-step000040.ckpt").exists()  # cleaned up by the next run
+    assert torch.load(ckpts / "step000040.ckpt", weights_only=True)["global_step"] == 40
+    assert os.path.realpath(ckpts / "last.ckpt").endswith("step000050.ckpt")
+
+
+def test_keep_last_k_rotates_but_keeps_last(workdir):
+    run_dir = workdir / "outputs" / "rotate"
+    run(workdir, "train", *args(workdir, "rotate", "trainer.max_steps=50", "checkpoint_every_n_steps=10",
+                                "keep_last_checkpoints=2", "trainer.limit_val_batches=0"))
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step000040.ckpt", "step000050.ckpt"], names
+    assert os.path.realpath(run_dir / "checkpoints" / "last.ckpt").endswith("step000050.ckpt")
+
+
+# --- non-finite guard ---------------------------------------------------------------------------------
+
+
+class PoisonLoss:
+    """Makes the loss NaN on one optimizer step (a poisoned batch), and snapshots the weights around it."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.before, self.after = step, None, None
+
+    def __call__(self, trainer, module, batch, batch_idx) -> None:  # on_train_batch_start
+        if trainer.global_step == self.step:
+            self.before = {k: v.clone() for k, v in module.model.state_dict().items()}
+            loss = type(module.model).loss
+            module.model.loss = lambda b: loss(module.model, b) * float("nan")
+        elif "loss" in vars(module.model):
+            self.after = {k: v.clone() for k, v in module.model.state_dict().items()}
+            del module.model.loss
+
+
+def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str):
+    import lightning as L
+
+    from gpt4_lightning.hydra_config import compose_config
+    from gpt4_lightning.train import build
+
+    monkeypatch.setenv("GPT4_LIGHTNING_CACHE", str(workdir / "cache"))
+    cfg = compose_config("train", [*args(workdir, "poison", "trainer.max_steps=8", "trainer.limit_val_batches=0",
+                                         f"nonfinite={nonfinite}", "logger=none"), f"hydra.run.dir={tmp_path}"])
+    module, datamodule, trainer = build(cfg)
+    poison = PoisonLoss(step=3)
+    trainer.callbacks.append(type("Poison", (L.Callback,), {"on_train_batch_start": lambda s, *a: poison(*a)})())
+    trainer.fit(module, datamodule=datamodule)
+    return module, trainer, poison
+
+
+def test_nonfinite_loss_is_skipped_without_touching_the_weights(workdir, tmp_path, monkeypatch):
+    module, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "skip")
+    assert trainer.global_step == 8 and module.nonfinite_steps == 1
+    for name, value in poison.before.items():  # the poisoned step changed nothing
+        assert torch.equal(value, poison.after[name]), name
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_nonfinite_stop_keeps_a_checkpoint_from_before_the_bad_step(workdir, tmp_path, monkeypatch):
+    from gpt4_lightning.checkpoint import load_model
+
+    module, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "stop")
+    assert module.nonfinite_stop_step == 3 and trainer.global_step == 4  # stopped right after the bad step
+    model, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    saved = model.state_dict()
+    for name, value in poison.before.items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_nonfinite_stop_through_the_cli_is_one_error_line(workdir):
+    proc = run(workdir, "train", *args(workdir, "diverge", "optim.lr=1e30", "nonfinite=stop",
+                                       "trainer.gradient_clip_val=null"), check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "non-finite loss" in errors[0] and "optim.lr" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = workdir / "outputs" / "diverge" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())  # the weights from before the bad step
