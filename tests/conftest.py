@@ -62,3 +62,23 @@ def train_args(workdir: Path, max_steps: int) -> list[str]:
             "data.val_fraction=0.1", "tokenizer.vocab_size=512", *TINY_MODEL, f"trainer.max_steps={max_steps}",
             "trainer.val_check_interval=20", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
             "checkpoint_every_n_steps=20", "scheduler.warmup_steps=5", "optim.lr=3e-3", "run_name=tiny"]
+
+
+# --- a real one-node Slurm cluster (tests/slurm_cluster.py; tests/test_slurm.py) --------------------------
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """munged + slurmctld + slurmd on this machine with a private config (SLURM_CONF in `slurm.env`), up for the
+    whole session; skipped where Slurm/munge are not installed or we are not root."""
+    from slurm_cluster import SlurmCluster, unavailable
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,84 @@
+"""The Slurm launch path on a real one-node Slurm cluster (the `slurm` fixture, tests/slurm_cluster.py),
+CPU only, tiny model: launch/slurm/train.sbatch with 2 ranks, a submitit multirun sweep, and a
+USR1 -> checkpoint -> requeue -> resume cycle."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run, train_args
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
+# this 2-core node: two CPU ranks, no GPUs (the script's defaults ask for 8 GPUs)
+CPU_JOB = ["--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=15"]
+
+
+def job_env(workdir: Path) -> dict[str, str]:
+    """What a job needs from the test: the data cache, and this interpreter (the sbatch script runs $PYTHON)."""
+    return {"GPT4_LIGHTNING_CACHE": str(workdir / "cache"), "PYTHON": sys.executable,
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+
+def tiny(workdir: Path, max_steps: int, *extra: str) -> list[str]:
+    """The shared tiny-model arguments, without run_name (the sbatch script names the run after the job)."""
+    return [a for a in train_args(workdir, max_steps) if not a.startswith("run_name=")] + list(extra)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prepared(workdir):
+    """Prepare the corpus once, before any job: several jobs starting at once would otherwise all wait on one
+    prepare's lock (and a forked tokenizer pool under submitit inherits its SIGTERM handler; see launch/README.md)."""
+    run(workdir, "prepare", *(a for a in train_args(workdir, 1) if a.startswith(("data", "tokenizer"))))
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")})
+
+
+def test_sbatch_script_trains_on_two_ranks(slurm, workdir):
+    job = slurm.submit(*CPU_JOB, str(SBATCH), "trainer.accelerator=cpu", *tiny(workdir, 10),
+                       env=job_env(workdir), cwd=workdir)
+    state = slurm.wait(job, timeout=300)
+    assert state == "COMPLETED", slurm.describe(job)
+    log = (workdir / f"slurm-{job}.out").read_text()  # the script's --output=slurm-%j.out, in the submit dir
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]
+    assert "steps: 10" in log
+    run_dir = workdir / "outputs" / f"slurm-{job}"  # run_name=slurm-<job id>: stable across requeues
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 10
+    assert logged_steps(run_dir)[-1] == 9
+
+
+def test_submitit_multirun_runs_each_sweep_point_as_a_job(slurm, workdir):
+    sweep = workdir / "multirun" / "slurm_sweep"
+    args = [a for a in tiny(workdir, 10) if not a.startswith("optim.lr=")]
+    launcher = ["hydra/launcher=slurm", f"hydra.sweep.dir={sweep}", f"hydra.launcher.partition={slurm.partition}",
+                "hydra.launcher.tasks_per_node=1", "hydra.launcher.gpus_per_node=null",
+                "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15"]
+    # the trainer follows the launcher's resources, as launch/README.md shows
+    trainer = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=${hydra:launcher.tasks_per_node}",
+               "trainer.num_nodes=${hydra:launcher.nodes}", "ckpt_path=auto"]
+    proc = subprocess.run([sys.executable, "-m", "gpt4_lightning.train", "-m", *launcher, *trainer, *args,
+                           "optim.lr=1e-3,3e-3"], cwd=workdir, env={**slurm.env, **job_env(workdir)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:] + slurm.daemon_logs()
+    for num, lr in enumerate(("0.001", "0.003")):
+        run_dir = sweep / str(num)
+        assert f"optim.lr={lr}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+        assert logged_steps(run_dir)[-1] == 9
+    # two Slurm jobs (one array), both finished
+    tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, tasks
+    assert [slurm.state(t) for t in tasks] == ["COMPLETED", "COMPLETED"]
