@@ -16,6 +16,7 @@ Needs: Debian's `slurm-wlm` and `munge` (`.ci/run` installs them in CI) and root
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -188,11 +189,9 @@ class SlurmCluster:
     def stop(self) -> None:
         if "slurmctld" in self._procs and self._procs["slurmctld"].poll() is None:
             self._cmd("scancel", "--partition", self.partition, check=False)
-            try:
+            with contextlib.suppress(SlurmError):
                 self._poll(lambda: not self._cmd("squeue", "-h", "-o", "%i", check=False).stdout.strip(),
                            self.kill_wait + 30, "cancelled jobs to end")
-            except SlurmError:
-                pass
         for daemon in ("slurmd", "slurmctld"):
             proc = self._procs.pop(daemon, None)
             if proc is None:
@@ -206,10 +205,8 @@ class SlurmCluster:
                     proc.wait(10)
         if self._started_munged:
             pid_file = Path("/run/munge/munged.pid")
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
 
     def __enter__(self) -> SlurmCluster:
         return self.start()
