@@ -29,3 +29,17 @@ def test_model_throughput_quick(tmp_path):
         assert report["ratios"][key] > 0
     assert report["config"]["seq"] == 64 and report["machine"]["cpu_count"] >= 1
     assert len(report["rounds"]) == 1
+
+
+def test_attention_kernels_quick(tmp_path):
+    out = tmp_path / "attn.json"
+    proc = subprocess.run([sys.executable, "bench/attention_kernels.py", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "flex_alibi" in proc.stdout and "flex_alibi_ms_vs_sdpa_causal" in proc.stdout
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert set(results) == {"flex_alibi", "sdpa_causal", "sdpa_alibi_dense"}
+    assert results["flex_alibi"]["pass"] == "fwd" and results["sdpa_causal"]["pass"] == "fwd+bwd"  # CPU: no flex bwd
+    assert results["flex_alibi"]["max_abs_diff_vs_alibi"] < 1e-4  # the same ALiBi attention as the dense path
+    assert all(r["ms"] > 0 for r in results.values()) and report["ratios"]["flex_alibi_ms_vs_sdpa_causal"] > 0
