@@ -1,72 +1,244 @@
 """What every entry point does with a failure a user can fix: one line on stderr, exit status 1.
 
 Bad input or config (`ValueError`, which `DataError` is; `OSError`; OmegaConf errors such as a missing
-`???` value) ends with `error: <message>` naming the key or file and the fix; a traceback helps nobody
-there. HYDRA_FULL_ERROR=1 re-raises for the traceback. Hydra catches exceptions from the task function
-itself, so they are handled inside it.
+`???` value; a configured object such as the Trainer rejecting its arguments) ends with `error: <message>`
+naming the key or file and the fix; a traceback helps nobody there. HYDRA_FULL_ERROR=1 re-raises for the
+traceback. Hydra catches exceptions from the task function itself, so they are handled inside it.
+
+A rejected command leaves the disk as it found it: Hydra writes the run's config (`.hydra/`) and log into
+the run directory before the task starts, so when the task then rejects its input without having written
+anything else there, `RunDirGuard` puts a pre-existing run directory's files back byte for byte and removes
+a run directory this command created.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
-from hydra.errors import HydraException
-from omegaconf import DictConfig
+from hydra.errors import HydraException, InstantiationException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from .data.shards import check_writable_dir
+
 T = TypeVar("T")
-USER_ERRORS = (ValueError, OSError, OmegaConfBaseException)
+USER_ERRORS = (ValueError, OSError, OmegaConfBaseException, InstantiationException)
 
 
 def error_line(exc: BaseException) -> str:
     if isinstance(exc, MissingMandatoryValue):
         key = exc.full_key or "a value"
         return f"{key} is required (it is ??? in the config); add {key}=<value> to the command line"
-    return str(exc).replace("\n", " ").strip() or type(exc).__name__
+    if isinstance(exc, InstantiationException):
+        return _instantiation_line(exc)
+    return one_line(str(exc)) or type(exc).__name__
 
 
-def run_cli(fn: Callable[..., T], *args: Any) -> T:
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _instantiation_line(exc: InstantiationException) -> str:
+    """`Error in call to target 'lightning...Trainer': TypeError(...) full_key: trainer` -> which config node
+    built what, and what the object said about its arguments."""
+    text = str(exc)
+    key = re.search(r"full_key: (\S+)", text)
+    target = re.search(r"target '([^']+)'", text)
+    cause, lines = exc.__cause__, text.splitlines()
+    reason = one_line(str(cause)) if cause is not None and str(cause) else one_line(lines[1] if len(lines) > 1 else "")
+    node = key.group(1) if key else "a config node"
+    built = f" ({target.group(1)})" if target else ""
+    return f"{node}{built} rejected its arguments: {reason}; check the {node}.* values"
+
+
+def run_cli(fn: Callable[..., T], *args: Any, on_error: Callable[[], None] | None = None) -> T:
+    """`fn(*args)`, a user error ending in one `error:` line and exit status 1 (after `on_error`)."""
     try:
         return fn(*args)
     except USER_ERRORS as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if on_error is not None:
+            on_error()
         print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(1)
 
 
-def check_overrides(config_name: str, argv: list[str]) -> None:
+def _override_error(config_name: str, overrides: list[str], exc: Exception) -> str:
+    """One line for a bad override: the key, why, and the fix (close matches for a misspelt key)."""
+    text = str(exc)
+    cause = exc.__cause__
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            from .hydra_config import compose_config
+
+            node: Any = compose_config(config_name, rest)
+        except Exception:  # the other overrides are broken too: report this one without suggestions
+            node = None
+        message = f"{key} is not a key of this config"
+        known: list[str] = []
+        for part in key.split("."):  # down to the first part that is not there
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node:
+                parent = ".".join(known)
+                keys = [str(k) for k in node if k != "hydra"]
+                close = difflib.get_close_matches(part, keys, n=3)
+                prefix = parent + "." if parent else ""
+                if close:
+                    message += "; did you mean " + " or ".join(prefix + c for c in close) + "?"
+                else:
+                    message += f"; the keys of {parent or 'the config'} are: {', '.join(sorted(keys))}"
+                if OmegaConf.get_type(node) is dict:  # an open node (not a typed schema) also takes new keys
+                    message += f" (to add a new key, write +{key}=...)"
+                break
+            known.append(part)
+            try:
+                node = node._get_node(part)  # the node itself, no interpolation resolved
+            except Exception:
+                break
+        return message
+    if text.startswith("Error merging override") and cause is not None:
+        override = text.removeprefix("Error merging override").strip()
+        reason = str(cause).split("\n")[0].strip()
+        key = override.split("=", 1)[0].lstrip("+~")
+        return f"{override}: {reason}; give {key} a value of the type the config expects"
+    text = text.split("Config search path")[0]
+    return one_line(text.replace("Available options", "; available options"))
+
+
+def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
     """Compose the config once before Hydra runs, so a bad override (unknown option or key, wrong
-    type) ends in one `error:` line naming it and the choices, instead of Hydra's multi-line report.
-    Multirun and Hydra's own flags are left to Hydra."""
+    type) ends in one `error:` line naming it and the fix, instead of Hydra's multi-line report.
+    Returns the composed config (with `hydra`), or None where the check is left to Hydra: multirun
+    and Hydra's own flags, and HYDRA_FULL_ERROR=1."""
     overrides = argv[1:]
     if any(a.startswith("-") for a in overrides) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return
+        return None
     from .hydra_config import compose_config
 
     try:
-        compose_config(config_name, overrides)
+        return compose_config(config_name, overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        message = " ".join(str(e).replace("Available options", "; available options").split())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_override_error(config_name, overrides, e)}", file=sys.stderr)
         sys.exit(2)
+
+
+class RunDirGuard:
+    """Undo what Hydra wrote into the run directory (`.hydra/*.yaml`, `<job>.log`) before a task that then
+    rejected its input: a pre-existing run directory gets those files back byte for byte (and their mtimes),
+    a run directory this command created is removed. Only when nothing else in the run directory changed:
+    once the task itself wrote there (checkpoints, metrics), the record of that run is kept whole."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.run_dir = Path(str(cfg.hydra.run.dir)).absolute()
+        self.subdir = cfg.hydra.output_subdir
+        self.job = str(cfg.hydra.job.name)
+        self.saved = {p: self._read(p) for p in self._guarded(self.run_dir)}
+        self.others = self._others(self.run_dir)
+        self.existed = {p for p in (self.run_dir, *self.run_dir.parents) if p.exists()}
+        self.dirs = {Path(root) for root, _, _ in os.walk(self.run_dir)}  # inside it
+
+    def _guarded(self, run_dir: Path) -> list[Path]:
+        files = [run_dir / f"{self.job}.log"]
+        if self.subdir is not None:
+            files += [run_dir / str(self.subdir) / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+        return files
+
+    @staticmethod
+    def _read(path: Path) -> tuple[bytes, int, int] | None:
+        try:
+            st = path.stat()
+            return path.read_bytes(), st.st_atime_ns, st.st_mtime_ns
+        except OSError:
+            return None
+
+    def _others(self, run_dir: Path) -> dict[str, tuple[int, int]]:
+        guarded = set(map(str, self._guarded(run_dir)))
+        found = {}
+        for root, _, files in os.walk(run_dir):
+            for name in files:
+                path = os.path.join(root, name)
+                if path not in guarded:
+                    try:
+                        st = os.lstat(path)
+                    except OSError:
+                        continue
+                    found[os.path.relpath(path, run_dir)] = (st.st_size, st.st_mtime_ns)
+        return found
+
+    def undo(self) -> None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
+        except Exception:
+            return
+        same = run_dir == self.run_dir
+        saved = self.saved if same else dict.fromkeys(self._guarded(run_dir))
+        if self._others(run_dir) != (self.others if same else {}):
+            return  # the task wrote into the run directory: keep everything
+        for path, before in saved.items():
+            try:
+                if before is None:
+                    path.unlink(missing_ok=True)
+                elif (self._read(path) or (None, 0, None))[::2] != before[::2]:  # content or mtime changed
+                    path.write_bytes(before[0])
+                    os.utime(path, ns=before[1:])
+            except OSError:
+                pass
+        # remove the directories this command created (rmdir: only empty ones): inside the run directory (e.g. an
+        # empty logs/), then the run directory and its parents up to the first that existed
+        existed = self.existed | (self.dirs if same else set())
+        for root, _, _ in os.walk(run_dir, topdown=False):
+            if Path(root) != run_dir and Path(root) not in existed:
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)
+        for directory in (run_dir, *run_dir.parents):
+            if directory in existed:
+                break
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+
+
+def _is_rank_zero() -> bool:
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
 
 
 def launch(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
     """The body of every `python -m gpt4_lightning.<entry>`: register the config schema and resolvers,
-    pre-check the overrides, then run `fn` on the composed config as a Hydra app (`conf/<config_name>.yaml`,
-    which names the job), turning user errors into one line."""
+    pre-check the overrides and that the run directory can be made, then run `fn` on the composed config
+    as a Hydra app (`conf/<config_name>.yaml`, which names the job), turning user errors into one line."""
     from .hydra_config import register_configs
 
     register_configs()
-    check_overrides(config_name, sys.argv)
+    cfg = check_overrides(config_name, sys.argv)
+    guard = None
+    if cfg is not None:
+        try:
+            check_writable_dir(str(cfg.hydra.run.dir), "hydra.run.dir",
+                               "cannot create the run directory there; choose another run_name or hydra.run.dir")
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        if cfg.hydra.output_subdir is not None and _is_rank_zero():  # Hydra writes into the run directory
+            guard = RunDirGuard(cfg)
 
     @hydra.main(config_path="pkg://gpt4_lightning.conf", config_name=config_name, version_base=None)
     def main(cfg: DictConfig) -> None:
-        run_cli(fn, cfg)
+        run_cli(fn, cfg, on_error=guard.undo if guard is not None else None)
 
     main()

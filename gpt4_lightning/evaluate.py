@@ -7,18 +7,28 @@ from omegaconf import DictConfig
 
 from .checkpoint import load_model
 from .cli import launch
-from .data.datamodule import GPT4DataModule
+from .data.shards import SPLITS, Manifest
 from .generate import pick_device
-from .module import perplexity
 
 
 @torch.no_grad()
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split={cfg.split} is not a split of a prepared data directory; use split=val or split=train")
+    for key in ("seq_len", "batch_size"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"{key}={cfg[key]} must be an integer >= 1")
+    if cfg.max_batches is not None and (not isinstance(cfg.max_batches, int) or cfg.max_batches < 1):
+        raise ValueError(f"max_batches={cfg.max_batches} must be an integer >= 1, or null for the whole split")
     device = pick_device(cfg.device)
     model, meta = load_model(cfg.ckpt_path, device)
     data_dir = cfg.data_dir or meta.get("gpt4_data_dir")
     if data_dir is None:
         raise ValueError("the checkpoint does not name its data directory; pass data_dir=<prepared dir>")
+    Manifest.load(data_dir)  # a missing or damaged data directory fails here, before the (slow) Lightning import
+    from .data.datamodule import GPT4DataModule
+    from .module import perplexity
+
     seq_len = cfg.seq_len if model.config.can_extrapolate else min(cfg.seq_len, model.config.max_seq_len)
     datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=cfg.batch_size,
                                 max_token_id=model.config.num_tokens)

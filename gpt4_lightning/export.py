@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from .checkpoint import load_model
 from .cli import launch
+from .data.shards import check_writable_dir
 
 
 def export(cfg: DictConfig) -> Path:
@@ -20,8 +21,13 @@ def export(cfg: DictConfig) -> Path:
     out_dir = out.parent if out.suffix == ".safetensors" else out
     if out.suffix == ".safetensors" and out.name != "model.safetensors":
         raise ValueError(f"out={out}: name the file model.safetensors (config.json goes beside it) or pass a directory")
+    check_writable_dir(out_dir, "out")
     model, meta = load_model(cfg.ckpt_path)
-    model.save_pretrained(out_dir)
+    try:
+        model.save_pretrained(out_dir)
+    except OSError as e:
+        raise ValueError(f"out={out}: cannot write the export ({e.strerror or e}); point out at a writable "
+                         "directory") from e
     print(f"exported {model.num_params():,} parameters (step {meta.get('global_step')}) to "
           f"{out_dir / 'model.safetensors'} + {out_dir / 'config.json'}")
     return out_dir

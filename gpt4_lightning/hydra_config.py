@@ -6,11 +6,12 @@ import netrc
 import os
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from .model import GPT4Config
 
@@ -34,6 +35,83 @@ def world_size(devices: int | str, num_nodes: int) -> int:
 
         devices = max(torch.cuda.device_count(), 1)
     return int(devices) * int(num_nodes)
+
+
+def _device_count(devices: Any) -> tuple[int, list[int]] | None:
+    """(count, explicit indices) for a Lightning `devices` value; None for "auto"/-1 (every device)."""
+    if devices is None or devices in ("auto", -1, "-1"):
+        return None
+    if isinstance(devices, ListConfig):
+        devices = list(devices)
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
+    try:
+        if isinstance(devices, (list, tuple)):
+            indices = [int(d) for d in devices]
+            if any(i < 0 for i in indices):
+                raise ValueError
+            return len(indices), indices
+        if isinstance(devices, bool) or (isinstance(devices, float) and not devices.is_integer()):
+            raise ValueError
+        return int(devices), []
+    except (TypeError, ValueError):
+        raise ValueError(f"trainer.devices={devices!r} is not a device count; use a positive integer, a list of "
+                         "device indices, or auto") from None
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """What Lightning would reject deep inside `fit` (or accept and regret, like 64 CPU processes on a laptop),
+    checked before any work and named by key: devices against this machine, precision, and FSDP's mesh."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto"))
+    found = _device_count(trainer.get("devices", "auto"))
+    if found is not None and found[0] < 1:
+        raise ValueError(f"trainer.devices={trainer.devices} must be >= 1 (or auto)")
+    kind = accelerator
+    if kind == "auto":
+        kind = "gpu" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if kind in ("gpu", "cuda"):
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ValueError(f"trainer.accelerator={accelerator} but torch sees no CUDA GPU on this machine; use "
+                             "trainer.accelerator=cpu (or auto)")
+        if found is not None and (found[0] > gpus or any(i >= gpus for i in found[1])):
+            raise ValueError(f"trainer.devices={trainer.devices} asks for more GPUs than the {gpus} this machine has "
+                             f"(torch.cuda.device_count()); lower trainer.devices to <= {gpus} (or auto: all of them), "
+                             "or add machines with trainer.num_nodes")
+    elif kind == "cpu" and found is not None:
+        cpus = os.cpu_count() or 1
+        if found[0] > cpus:
+            raise ValueError(f"trainer.devices={trainer.devices} with trainer.accelerator={accelerator} would start "
+                             f"{found[0]} processes on the {cpus} CPU cores of this machine; lower trainer.devices to "
+                             f"<= {cpus}")
+
+    precision = trainer.get("precision")
+    if precision is not None:
+        from typing import get_args
+
+        from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+        allowed = [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
+        if str(precision) not in allowed:
+            raise ValueError(f"trainer.precision={precision!r} is not a Lightning precision; pick a preset with "
+                             "precision=fp32|bf16_mixed|bf16_true, or set trainer.precision to one of "
+                             f"{', '.join(allowed)}")
+
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("ModelParallelStrategy"):
+        tp, dp = strategy.get("tensor_parallel_size", 1), strategy.get("data_parallel_size", "auto")
+        if tp not in ("auto", 1):
+            raise ValueError(f"trainer.strategy.tensor_parallel_size={tp}: gpt4_lightning shards the model with "
+                             "FSDP2 only (no tensor parallelism); set it to 1 and scale with trainer.devices / "
+                             "trainer.num_nodes")
+        if dp != "auto" and found is not None and not found[1]:
+            world = world_size(found[0], trainer.get("num_nodes", 1))
+            if int(dp) != world:
+                raise ValueError(f"trainer.strategy.data_parallel_size={dp} must equal the number of processes, "
+                                 f"trainer.devices x trainer.num_nodes = {world} (FSDP2 shards over all of them); "
+                                 "leave it at its default (all processes)")
 
 
 def register_configs() -> None:

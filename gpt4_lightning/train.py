@@ -56,16 +56,36 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def check_config(cfg: DictConfig, model_cfg: GPT4Config) -> None:
-    """Values Hydra cannot type-check, named the way the user wrote them."""
-    positive = {"optim.lr": cfg.optim.lr, "data.seq_len": cfg.data.seq_len, "data.batch_size": cfg.data.batch_size,
+    """Values Hydra cannot type-check, named the way the user wrote them; the trainer's devices, precision
+    and FSDP mesh against this machine; and a checkpoint to resume from against the model. All before any
+    work is done, so a bad command fails in a second with one line and changes nothing on disk."""
+    from .checkpoint import check_resumable
+    from .hydra_config import check_trainer
+
+    integers = {"data.seq_len": cfg.data.seq_len, "data.batch_size": cfg.data.batch_size,
                 "trainer.max_steps": cfg.trainer.max_steps, "trainer.accumulate_grad_batches":
                 cfg.trainer.accumulate_grad_batches, "checkpoint_every_n_steps": cfg.checkpoint_every_n_steps}
-    for key, value in positive.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{key}={value} must be a number > 0")
+    for key, value in integers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{key}={value} must be an integer > 0")
+    lr, weight_decay = cfg.optim.lr, cfg.optim.get("weight_decay", 0)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+        raise ValueError(f"optim.lr={lr} must be a number > 0")
+    if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or weight_decay < 0:
+        raise ValueError(f"optim.weight_decay={weight_decay} must be a number >= 0")
     if cfg.data.seq_len > model_cfg.max_seq_len:
         raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
                          "lower data.seq_len or raise model.max_seq_len")
+    check_trainer(cfg.trainer)
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None:
+        ckpt = str(ckpt)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        path = run_dir / "checkpoints" / "last.ckpt" if ckpt in ("last", "auto") else Path(ckpt)
+        if path.exists():  # a missing one is resolve_ckpt_path's to report (or, with auto, a fresh start)
+            strategy = cfg.trainer.get("strategy")
+            sharded = isinstance(strategy, DictConfig) and "ModelParallel" in str(strategy.get("_target_", ""))
+            check_resumable(path, model_cfg, sharded_ok=sharded)
 
 
 def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:

@@ -230,16 +230,24 @@ class Corpus:
 
         for path in self.files:
             builder = BUILDERS[path.suffix.lower()]
+            if path.stat().st_size == 0:  # no documents (and HF datasets' json reader fails on an empty file)
+                continue
             if builder != "parquet" and not is_utf8(path):
                 self._skip(path, "not valid UTF-8 (re-encode it to UTF-8 to include it)")
                 continue
             kwargs = {"sample_by": "document"} if builder == "text" else {}
-            with _no_download_count():
-                dataset = load_dataset(builder, data_files=[str(path)], split="train", streaming=True, **kwargs)
             try:
+                with _no_download_count():
+                    dataset = load_dataset(builder, data_files=[str(path)], split="train", streaming=True, **kwargs)
                 yield from self._texts(dataset, "text" if builder == "text" else self.text_field, str(path))
             except UnicodeDecodeError as e:  # not expected after is_utf8; keeps the policy if a builder differs
                 self._skip(path, f"not valid UTF-8 ({e})")
+            except DataError:
+                raise
+            except Exception as e:  # malformed JSON/parquet: pyarrow and datasets raise many types
+                message = " ".join(str(e).split()) or type(e).__name__
+                raise DataError(f"{path} cannot be read as {path.suffix.lower()[1:]} ({message}); fix or remove "
+                                "that file (data.path)") from e
 
     def _hub(self) -> Iterator[str | None]:
         from datasets import load_dataset

@@ -48,6 +48,7 @@ from .shards import (
     Manifest,
     ShardWriter,
     atomic_writer,
+    check_writable_dir,
     sha256_file,
     token_dtype,
 )
@@ -270,6 +271,11 @@ def prepare(cfg: Any) -> Path:
     out = output_dir(cfg, fp)
     if not overwrite and _reusable(out, fp):
         return out
+    if cfg.data.get("dir"):  # before the corpus is read: a place that cannot be written fails at once
+        check_writable_dir(out, "data.dir")
+    else:
+        check_writable_dir(out.parent, "cache_dir", "point cache_dir (or $GPT4_LIGHTNING_CACHE) at a writable "
+                           "directory")
 
     # Read the corpus (train the BPE) before writing anything: bad input leaves `out` as it was.
     documents: Iterable[tuple[str, str]]

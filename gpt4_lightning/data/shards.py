@@ -73,6 +73,21 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def check_writable_dir(path: str | os.PathLike, key: str, fix: str | None = None) -> None:
+    """Fail at once, naming `key`, when directory `path` cannot be created or written: a path under a
+    regular file, or under a directory this process may not write. Creates nothing."""
+    path = Path(os.path.abspath(path))
+    fix = fix or f"point {key} at a writable directory"
+    ancestor = path
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        where = "is a file" if ancestor == path else f"is under {ancestor}, which is a file"
+        raise ValueError(f"{key}={path} {where}, not a directory; {fix}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{key}={path}: {ancestor} is not writable; {fix}")
+
+
 @dataclass(frozen=True)
 class Shard:
     file: str
@@ -108,9 +123,12 @@ class Manifest:
         and sha256 (with `verify`)."""
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
-            raise DataError(f"data directory {data_dir} does not exist; run `python -m gpt4_lightning.prepare` "
-                            "to create it, or point data.dir at a prepared directory")
+            what = "is not a directory" if data_dir.exists() else "does not exist"
+            raise DataError(f"data directory {data_dir} {what}; run `python -m gpt4_lightning.prepare` to create it, "
+                            "or point data.dir (train) / data_dir (evaluate) at a prepared directory")
         path = data_dir / MANIFEST
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path} is not a regular file; re-run prepare with overwrite=true")
         if not path.is_file():
             raise DataError(f"{path} is missing: {data_dir} is not a prepared data directory (or prepare did not "
                             "finish); run `python -m gpt4_lightning.prepare` for it")
@@ -118,6 +136,8 @@ class Manifest:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path} is not valid JSON ({e}); re-run prepare with overwrite=true") from e
+        if not isinstance(raw, dict):
+            raise DataError(f"{path} is not a manifest (a JSON object); re-run prepare with overwrite=true")
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
             raise DataError(f"{path} has format_version {version!r}, this gpt4_lightning reads version "
@@ -125,7 +145,9 @@ class Manifest:
         try:
             raw["splits"] = {name: [Shard(**s) for s in shards] for name, shards in raw["splits"].items()}
             manifest = cls(**raw)
-        except (KeyError, TypeError) as e:
+            if manifest.dtype not in ("uint16", "uint32"):
+                raise TypeError(f"dtype {manifest.dtype!r} is not uint16 or uint32")
+        except (KeyError, TypeError, AttributeError) as e:
             raise DataError(f"{path} is missing or has unexpected fields ({e}); re-run prepare with "
                             "overwrite=true") from e
         manifest.check_files(data_dir, verify)
@@ -136,6 +158,9 @@ class Manifest:
         for shards in self.splits.values():
             for shard in shards:
                 path = data_dir / shard.file
+                if path.exists() and not path.is_file():
+                    raise DataError(f"shard {path} listed in {data_dir / MANIFEST} is not a regular file (a "
+                                    "directory?); re-run prepare with overwrite=true")
                 if not path.is_file():
                     raise DataError(f"shard {path} listed in {data_dir / MANIFEST} is missing; re-run prepare "
                                     "with overwrite=true")
