@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,18 +61,28 @@ def test_sbatch_script_trains_on_two_ranks(slurm, workdir):
     assert logged_steps(run_dir)[-1] == 9
 
 
-def test_submitit_multirun_runs_each_sweep_point_as_a_job(slurm, workdir):
-    sweep = workdir / "multirun" / "slurm_sweep"
-    args = [a for a in tiny(workdir, 10) if not a.startswith("optim.lr=")]
+def sweep_command(slurm, sweep: Path, workdir: Path, max_steps: int, *extra: str) -> list[str]:
+    """`python -m gpt4_lightning.train -m hydra/launcher=slurm ...` for this one-node CPU cluster."""
     launcher = ["hydra/launcher=slurm", f"hydra.sweep.dir={sweep}", f"hydra.launcher.partition={slurm.partition}",
                 "hydra.launcher.tasks_per_node=1", "hydra.launcher.gpus_per_node=null",
                 "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=15"]
     # the trainer follows the launcher's resources, as launch/README.md shows
     trainer = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=${hydra:launcher.tasks_per_node}",
                "trainer.num_nodes=${hydra:launcher.nodes}", "ckpt_path=auto"]
-    proc = subprocess.run([sys.executable, "-m", "gpt4_lightning.train", "-m", *launcher, *trainer, *args,
-                           "optim.lr=1e-3,3e-3"], cwd=workdir, env={**slurm.env, **job_env(workdir)},
-                          capture_output=True, text=True, timeout=300)
+    args = [a for a in tiny(workdir, max_steps) if not a.startswith("optim.lr=")]
+    return [sys.executable, "-m", "gpt4_lightning.train", "-m", *launcher, *trainer, *args, *extra]
+
+
+def submitit_jobs(sweep: Path) -> list[str]:
+    """The Slurm job ids submitit used (`<id>` for one job, `<array id>_<index>` for an array)."""
+    return sorted(d.name for d in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", d.name)
+                  and any(d.glob("*_submitted.pkl")))
+
+
+def test_submitit_multirun_runs_each_sweep_point_as_a_job(slurm, workdir):
+    sweep = workdir / "multirun" / "slurm_sweep"
+    proc = subprocess.run(sweep_command(slurm, sweep, workdir, 10, "optim.lr=1e-3,3e-3"), cwd=workdir,
+                          env={**slurm.env, **job_env(workdir)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:] + slurm.daemon_logs()
     for num, lr in enumerate(("0.001", "0.003")):
         run_dir = sweep / str(num)
@@ -79,16 +90,49 @@ def test_submitit_multirun_runs_each_sweep_point_as_a_job(slurm, workdir):
         assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
         assert logged_steps(run_dir)[-1] == 9
     # two Slurm jobs (one array), both finished
-    tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    tasks = submitit_jobs(sweep)
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, tasks
     assert [slurm.state(t) for t in tasks] == ["COMPLETED", "COMPLETED"]
+
+
+def test_submitit_requeued_sweep_point_resumes_from_its_checkpoint(slurm, workdir):
+    """submitit's own preemption/time-limit path: Slurm sends USR2 (submitit's --signal), submitit requeues the
+    job and exits; the requeued job runs the same sweep point in the same directory, and ckpt_path=auto resumes
+    it from its newest periodic checkpoint. The submitting command waits through it all."""
+    sweep, max_steps = workdir / "multirun" / "slurm_requeue", 100
+    cmd = sweep_command(slurm, sweep, workdir, max_steps, "checkpoint_every_n_steps=10",
+                        "trainer.limit_val_batches=0")
+    with subprocess.Popen(cmd, cwd=workdir, env={**slurm.env, **job_env(workdir)}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            first = sweep / "0" / "checkpoints" / "step000010.ckpt"
+            deadline = time.monotonic() + 180
+            while not (first.exists() and submitit_jobs(sweep)):
+                assert proc.poll() is None and time.monotonic() < deadline, f"no {first} in time"
+                time.sleep(0.3)
+            (job,) = submitit_jobs(sweep)
+            slurm.scancel("--signal=USR2", job)
+            slurm.wait_for(job, lambda info: info["Restarts"] == "1" and info["JobState"] == "PENDING", 120,
+                           "submitit to requeue the job")
+            slurm.release(job)
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    assert slurm.state(job) == "COMPLETED"
+    log = "".join(p.read_text() for p in sorted((sweep / ".submitit" / job).glob("*_log.*")))
+    assert "this job is preempted" in log and f"Requeued job {job}" in log
+    resumed = re.search(r"resuming from \S+step(\d+)\.ckpt \(step (\d+)\)", log)
+    assert resumed and int(resumed.group(2)) >= 10, log[-4000:]
+    assert f"steps: {max_steps}" in log
+    assert torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == max_steps
 
 
 def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, workdir):
     """What a time limit (`--signal=USR1@120`) or preemption does: USR1 reaches the srun tasks; the ranks
     checkpoint after the current step, rank 0 requeues the job and exits 0; the requeued job (same id,
     same run directory) resumes with ckpt_path=auto and ends at max_steps with every step done once."""
-    max_steps = 200
+    max_steps = 120
     args = tiny(workdir, max_steps, "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0",
                 "checkpoint_every_n_steps=10")
     job = slurm.submit(*CPU_JOB, str(SBATCH), "trainer.accelerator=cpu", *args, env=job_env(workdir), cwd=workdir)
