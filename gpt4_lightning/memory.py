@@ -615,7 +615,7 @@ def peak_rss() -> int:
 
 
 class PeakMemory(L.Callback):
-    """Logs the training step's peak memory, the maximum over ranks, after every training batch:
+    """Logs the training steps' peak memory, the maximum over ranks, every `log_every_n_steps` optimizer steps:
 
     `mem/peak_gib`: the process's peak since training started (CPU: peak RSS; CUDA:
     `torch.cuda.max_memory_allocated`); `mem/baseline_gib`: the same measure at `setup`, before
@@ -625,6 +625,7 @@ class PeakMemory(L.Callback):
     def __init__(self) -> None:
         self.baseline = 0
         self.cuda = False
+        self._last_step = -1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning calls callbacks' setup before configure_model: nothing of the model exists yet
@@ -639,6 +640,10 @@ class PeakMemory(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
+        step, stepped = trainer.global_step, trainer.global_step != self._last_step  # False while accumulating
+        self._last_step = step
+        if not stepped or step % trainer.log_every_n_steps != 0:  # the all-reduce is a sync: not every batch
+            return
         if self.cuda:
             peak = torch.cuda.max_memory_allocated(pl_module.device)
             reserved = torch.cuda.max_memory_reserved(pl_module.device)
@@ -646,7 +651,7 @@ class PeakMemory(L.Callback):
             peak, reserved = peak_rss(), 0
         values = torch.tensor([peak, self.baseline, peak - self.baseline, reserved], dtype=torch.float64,
                               device=pl_module.device) / GIB
-        values = trainer.strategy.reduce(values, reduce_op="max")  # every rank calls this after every batch
+        values = trainer.strategy.reduce(values, reduce_op="max")  # every rank reaches this at the same step
         names = ["mem/peak_gib", "mem/baseline_gib", "mem/peak_above_baseline_gib", "mem/reserved_gib"]
         metrics = {name: float(v) for name, v in zip(names, values.tolist(), strict=True)}
         if not self.cuda:

@@ -123,7 +123,7 @@ class Recorder(L.Callback):
 def test_peak_memory_callback_logs_peak_above_the_pre_model_baseline():
     module = GPT4LitModule(GPT4Config(**TINY), optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3))
     peak, recorder = PeakMemory(), Recorder()
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", log_every_n_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[peak, recorder])
     tokens = torch.randint(0, TINY["num_tokens"], (12, 33))
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(tokens, batch_size=4))
