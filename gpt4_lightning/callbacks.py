@@ -1,7 +1,16 @@
-"""Callbacks: throughput (tokens/s, TFLOP/s, MFU) and tokens seen."""
+"""Callbacks: throughput (tokens/s, TFLOP/s, MFU) and tokens seen; peak memory.
+
+`PeakMemory` (in `conf/callbacks/default.yaml`): baseline at `setup` (Lightning calls callbacks' setup
+before `configure_model` builds the weights), peak reset at `on_train_start`, and every `log_every_n_steps`
+optimizer steps it logs, as the maximum over ranks, `mem/peak_gib` (the process's peak since the reset),
+`mem/baseline_gib` and `mem/peak_above_baseline_gib` (what the planner predicts). CPU: peak RSS (Linux
+`VmHWM`, reset through `/proc/self/clear_refs`; elsewhere the peak since the process started); CUDA:
+`torch.cuda.max_memory_allocated`, and `mem/reserved_gib` (the caching allocator's peak).
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -10,6 +19,8 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
 from .flops import flops_per_token, matmul_params
+
+GIB = 2**30
 
 
 def peak_flops(device: torch.device, precision: str, peak_tflops: float | None) -> float | None:
@@ -71,3 +82,88 @@ class ThroughputLogger(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tokens_seen = int(state_dict["tokens_seen"])
+
+
+# --- peak memory ---------------------------------------------------------------------------------
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss() -> int:
+    """This process's resident set size in bytes (Linux; 0 elsewhere)."""
+    kib = _proc_status_kib("VmRSS")
+    return kib * 1024 if kib is not None else 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; False where that is impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    """Peak RSS in bytes since the last `reset_peak_rss` (VmHWM), else since the process started."""
+    kib = _proc_status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+class PeakMemory(L.Callback):
+    """Logs the training steps' peak memory, the maximum over ranks, every `log_every_n_steps` optimizer steps:
+
+    `mem/peak_gib`: the process's peak since training started (CPU: peak RSS; CUDA:
+    `torch.cuda.max_memory_allocated`); `mem/baseline_gib`: the same measure at `setup`, before
+    `configure_model` builds the weights; `mem/peak_above_baseline_gib`: the peak minus this rank's
+    baseline, what `plan_memory` predicts. On CUDA also `mem/reserved_gib` (the caching allocator's peak)."""
+
+    def __init__(self) -> None:
+        self.baseline = 0
+        self.cuda = False
+        self._last_step = -1
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning calls callbacks' setup before configure_model: nothing of the model exists yet
+        self.cuda = pl_module.device.type == "cuda"
+        self.baseline = torch.cuda.memory_allocated(pl_module.device) if self.cuda else current_rss()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            reset_peak_rss()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        step, stepped = trainer.global_step, trainer.global_step != self._last_step  # False while accumulating
+        self._last_step = step
+        if not stepped or step % trainer.log_every_n_steps != 0:  # the all-reduce is a sync: not every batch
+            return
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated(pl_module.device)
+            reserved = torch.cuda.max_memory_reserved(pl_module.device)
+        else:
+            peak, reserved = peak_rss(), 0
+        values = torch.tensor([peak, self.baseline, peak - self.baseline, reserved], dtype=torch.float64,
+                              device=pl_module.device) / GIB
+        values = trainer.strategy.reduce(values, reduce_op="max")  # every rank reaches this at the same step
+        names = ["mem/peak_gib", "mem/baseline_gib", "mem/peak_above_baseline_gib", "mem/reserved_gib"]
+        metrics = {name: float(v) for name, v in zip(names, values.tolist(), strict=True)}
+        if not self.cuda:
+            metrics.pop("mem/reserved_gib")
+        pl_module.log_dict(metrics, rank_zero_only=True)

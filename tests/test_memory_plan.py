@@ -13,7 +13,8 @@ import torch
 from conftest import TINY
 
 from gpt4_lightning import GPT4Config
-from gpt4_lightning.memory import PeakMemory, param_groups, plan_memory
+from gpt4_lightning.callbacks import PeakMemory
+from gpt4_lightning.memory import param_groups, plan_memory
 from gpt4_lightning.module import GPT4LitModule
 
 REPO = Path(__file__).resolve().parent.parent
