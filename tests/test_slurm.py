@@ -99,7 +99,7 @@ def test_submitit_requeued_sweep_point_resumes_from_its_checkpoint(slurm, workdi
     """submitit's own preemption/time-limit path: Slurm sends USR2 (submitit's --signal), submitit requeues the
     job and exits; the requeued job runs the same sweep point in the same directory, and ckpt_path=auto resumes
     it from its newest periodic checkpoint. The submitting command waits through it all."""
-    sweep, max_steps = workdir / "multirun" / "slurm_requeue", 100
+    sweep, max_steps = workdir / "multirun" / "slurm_requeue", 300
     cmd = sweep_command(slurm, sweep, workdir, max_steps, "checkpoint_every_n_steps=10",
                         "trainer.limit_val_batches=0")
     with subprocess.Popen(cmd, cwd=workdir, env={**slurm.env, **job_env(workdir)}, stdout=subprocess.PIPE,
@@ -115,11 +115,12 @@ def test_submitit_requeued_sweep_point_resumes_from_its_checkpoint(slurm, workdi
             slurm.wait_for(job, lambda info: info["Restarts"] == "1" and info["JobState"] == "PENDING", 120,
                            "submitit to requeue the job")
             slurm.release(job)
-            out, _ = proc.communicate(timeout=300)
+            state = slurm.wait(job, timeout=300)
+            assert state == "COMPLETED", slurm.describe(job)
+            out, _ = proc.communicate(timeout=120)  # submitit sees the job's result file
         finally:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    assert slurm.state(job) == "COMPLETED"
     log = "".join(p.read_text() for p in sorted((sweep / ".submitit" / job).glob("*_log.*")))
     assert "this job is preempted" in log and f"Requeued job {job}" in log
     resumed = re.search(r"resuming from \S+step(\d+)\.ckpt \(step (\d+)\)", log)
@@ -132,7 +133,7 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, work
     """What a time limit (`--signal=USR1@120`) or preemption does: USR1 reaches the srun tasks; the ranks
     checkpoint after the current step, rank 0 requeues the job and exits 0; the requeued job (same id,
     same run directory) resumes with ckpt_path=auto and ends at max_steps with every step done once."""
-    max_steps = 120
+    max_steps = 300
     args = tiny(workdir, max_steps, "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0",
                 "checkpoint_every_n_steps=10")
     job = slurm.submit(*CPU_JOB, str(SBATCH), "trainer.accelerator=cpu", *args, env=job_env(workdir), cwd=workdir)
