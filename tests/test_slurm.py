@@ -36,7 +36,7 @@ def tiny(workdir: Path, max_steps: int, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prepared(workdir):
+def prepared(slurm, workdir):
     """Prepare the corpus once, before any job: several jobs starting at once would otherwise all wait on one
     prepare's lock (and a forked tokenizer pool under submitit inherits its SIGTERM handler; see launch/README.md)."""
     run(workdir, "prepare", *(a for a in train_args(workdir, 1) if a.startswith(("data", "tokenizer"))))
