@@ -15,6 +15,7 @@ does. Sharding per block lets FSDP free each block's gathered parameters after i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class ParallelConfig:
     compile: `torch.compile` each decoder block.
     param_dtype / reduce_dtype: FSDP2 mixed precision ("bf16", "fp32" or None = the params' dtype):
         params all-gathered and computed in `param_dtype`, gradients reduce-scattered in `reduce_dtype`.
+        "auto" (the config's default; see `for_precision`): bf16 / fp32 with precision=bf16-mixed, else None.
     reshard_after_forward: free gathered block params after forward (ZeRO-3); False keeps them
         until backward (ZeRO-2-like: more memory, less communication).
     """
@@ -53,8 +55,17 @@ class ParallelConfig:
             raise ValueError(f"parallel.ac_every={self.ac_every} must be >= 1 (1 checkpoints every block)")
         for key in ("param_dtype", "reduce_dtype"):
             value = getattr(self, key)
-            if value is not None and value not in DTYPES:
-                raise ValueError(f"parallel.{key}={value!r} must be one of {sorted(DTYPES)} or null")
+            if value is not None and value not in (*DTYPES, "auto"):
+                raise ValueError(f"parallel.{key}={value!r} must be one of {sorted(DTYPES)}, auto or null")
+
+    def for_precision(self, precision: str) -> ParallelConfig:
+        """Resolve "auto" for Lightning's `precision`: with bf16-mixed, FSDP2 all-gathers bf16 parameters
+        and reduce-scatters fp32 gradients (torchtitan's recipe: half the all-gather traffic, no fp32
+        weights for autocast to cast and cache, fp32 master weights and optimizer state kept); any
+        other precision leaves the parameters' own dtype."""
+        mixed = "bf16-mixed" in precision
+        auto = {"param_dtype": "bf16" if mixed else None, "reduce_dtype": "fp32" if mixed else None}
+        return dataclasses.replace(self, **{k: auto[k] for k in auto if getattr(self, k) == "auto"})
 
 
 def apply_activation_checkpointing(blocks: nn.ModuleList, every: int) -> None:

@@ -97,7 +97,8 @@ def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
                                 num_workers=cfg.data.num_workers, seed=cfg.data.seed, verify=cfg.data.verify,
                                 max_token_id=model_cfg.num_tokens)
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler is not None else None
-    parallel = ParallelConfig(**OmegaConf.to_container(cfg.parallel, resolve=True))
+    parallel = ParallelConfig(**OmegaConf.to_container(cfg.parallel, resolve=True)).for_precision(
+        str(cfg.trainer.precision))
     module = GPT4LitModule(model=model_cfg, optimizer=instantiate(cfg.optim), scheduler=scheduler,
                            data_dir=str(data_dir), parallel=parallel, init_seed=cfg.seed, nonfinite=cfg.nonfinite,
                            nonfinite_max_consecutive=cfg.nonfinite_max_consecutive)

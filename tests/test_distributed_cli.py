@@ -67,3 +67,15 @@ def test_fsdp_checkpoint_reshards_and_exports(workdir):
     tokens = torch.randint(0, exported.config.num_tokens, (2, 48))
     with torch.no_grad():
         torch.testing.assert_close(exported(tokens), trained(tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_mixed_trains_on_two_ranks(workdir):
+    """precision=bf16_mixed under FSDP2: bf16 all-gathers, fp32 reduce-scatter (parallel.*_dtype=auto)."""
+    run(workdir, "train", *args(workdir, "fsdp_bf16", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                "data.batch_size=4", "precision=bf16_mixed", "optim.lr=3e-3"))
+    losses = step_losses(workdir / "outputs" / "fsdp_bf16")
+    assert sorted(losses) == list(range(10)) and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert losses[9] < losses[0] - 0.05, losses
+    ckpt = workdir / "outputs" / "fsdp_bf16" / "checkpoints" / "last.ckpt"
+    assert len(list(ckpt.glob("*.distcp"))) == 2

@@ -64,3 +64,14 @@ def test_seeded_init_depends_on_names_not_on_wrappers_or_order():
     c = GPT4(**TINY)
     c.init_weights(seed=8)
     assert not torch.equal(c.net.to_logits.weight, a.net.to_logits.weight)
+
+
+def test_auto_mixed_precision_follows_the_trainer_precision():
+    auto = ParallelConfig(param_dtype="auto", reduce_dtype="auto")
+    assert (auto.for_precision("bf16-mixed").param_dtype, auto.for_precision("bf16-mixed").reduce_dtype) == (
+        "bf16", "fp32")
+    for precision in ("32-true", "bf16-true"):
+        resolved = auto.for_precision(precision)
+        assert (resolved.param_dtype, resolved.reduce_dtype) == (None, None)
+    explicit = ParallelConfig(param_dtype="fp32", reduce_dtype=None).for_precision("bf16-mixed")
+    assert (explicit.param_dtype, explicit.reduce_dtype) == ("fp32", None)  # a user's choice is kept
