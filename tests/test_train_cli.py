@@ -30,6 +30,7 @@ def test_train_resume_generate_evaluate(workdir):
     assert torch.load(last, weights_only=True)["global_step"] == 60
     steps = [s for s, _ in train_losses(run_dir)]
     assert max(steps) >= 55 and min(s for s in steps if s > 40) <= 45  # continued at 40, not from 0
+    assert min(steps) < 10 and len([s for s in steps if s <= 40]) >= 8  # the first run's rows are kept
 
     sample = run(workdir, "generate", f"ckpt_path={last}", "max_new_tokens=24", "prompt=def fib(n):")
     assert "--- sample 0 (step 60) ---" in sample.stdout and "def fib(n):" in sample.stdout

@@ -26,6 +26,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import signal
 import sys
 import time
 from collections import deque
@@ -138,6 +139,9 @@ _worker: _Encoder | None = None
 
 def _init_worker(tokenizer_json: str, eos: int, dtype: str, parent: int) -> None:
     global _worker
+    # submitit ignores SIGTERM in its jobs and forked workers inherit that; Pool.terminate() would then
+    # wait for ever on a worker that cannot be stopped
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent(parent)
     _worker = _Encoder(tokenizer_json, eos, dtype)
 
