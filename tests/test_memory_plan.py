@@ -7,15 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from conftest import TINY
 
 from gpt4_lightning import GPT4Config
-from gpt4_lightning.callbacks import PeakMemory
 from gpt4_lightning.memory import param_groups, plan_memory
-from gpt4_lightning.module import GPT4LitModule
 
 REPO = Path(__file__).resolve().parent.parent
 GPT4_2B = GPT4Config()  # the seed's defaults: 2,460,899,840 parameters
@@ -111,29 +108,6 @@ def test_bad_arguments_raise():
         plan_memory(SMALL, world_size=2, micro_batch=1, seq_len=8)
     with pytest.raises(ValueError, match="ac_every"):
         plan_memory(SMALL, micro_batch=1, seq_len=8, activation_checkpointing=True, ac_every=0)
-
-
-class Recorder(L.Callback):
-    def __init__(self):
-        self.metrics = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("mem/")})
-
-
-def test_peak_memory_callback_logs_peak_above_the_pre_model_baseline():
-    module = GPT4LitModule(GPT4Config(**TINY), optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3))
-    peak, recorder = PeakMemory(), Recorder()
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", log_every_n_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[peak, recorder])
-    tokens = torch.randint(0, TINY["num_tokens"], (12, 33))
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(tokens, batch_size=4))
-    assert len(recorder.metrics) == 3
-    for m in recorder.metrics:
-        assert set(m) == {"mem/peak_gib", "mem/baseline_gib", "mem/peak_above_baseline_gib"}
-        assert m["mem/peak_gib"] > m["mem/baseline_gib"] > 0.05  # a Python process with torch
-        assert abs(m["mem/peak_above_baseline_gib"] - (m["mem/peak_gib"] - m["mem/baseline_gib"])) < 1e-9
-    assert recorder.metrics[-1]["mem/peak_gib"] >= recorder.metrics[0]["mem/peak_gib"]
 
 
 @pytest.mark.slow
