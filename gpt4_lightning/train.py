@@ -96,6 +96,7 @@ def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
     datamodule = GPT4DataModule(data_dir, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                 num_workers=cfg.data.num_workers, seed=cfg.data.seed, verify=cfg.data.verify,
                                 max_token_id=model_cfg.num_tokens)
+    datamodule.setup()  # the manifest, vocab and window checks now, before a trainer or model exists
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler is not None else None
     parallel = ParallelConfig(**OmegaConf.to_container(cfg.parallel, resolve=True)).for_precision(
         str(cfg.trainer.precision))
