@@ -92,7 +92,8 @@ def test_submitit_multirun_runs_each_sweep_point_as_a_job(slurm, workdir):
     # two Slurm jobs (one array), both finished
     tasks = submitit_jobs(sweep)
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, tasks
-    assert [slurm.state(t) for t in tasks] == ["COMPLETED", "COMPLETED"]
+    # submitit returns once each job has written its result; Slurm may still be ending the job
+    assert [slurm.wait(t, timeout=60) for t in tasks] == ["COMPLETED", "COMPLETED"]
 
 
 def test_submitit_requeued_sweep_point_resumes_from_its_checkpoint(slurm, workdir):
