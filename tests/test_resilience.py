@@ -72,7 +72,8 @@ def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy):
     run_dir = workdir / "outputs" / f"killed_{strategy}"
     proc = start(workdir, *args(workdir, f"killed_{strategy}", *extra))
     wait_for(run_dir / "checkpoints" / f"step{EVERY:06d}.ckpt", proc)
-    time.sleep(0.4)  # somewhere between checkpoints
+    time.sleep(0.1)  # a few steps on: somewhere between checkpoints (~20 steps of 5-30 ms)
+    assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # every rank, no chance to clean up
     proc.wait()
     first = resume_step(run_dir)
@@ -96,7 +97,8 @@ def test_signal_checkpoints_after_the_step_exits_zero_and_resumes_exactly(workdi
     run_dir = workdir / "outputs" / name
     proc = start(workdir, *args(workdir, name, *extra))
     wait_for(run_dir / "checkpoints" / f"step{EVERY:06d}.ckpt", proc)
-    time.sleep(0.3)
+    time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before the signal"
     os.kill(proc.pid, signum)  # the launching process only (rank 0): the other rank learns it at the step's end
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
