@@ -171,10 +171,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         state = _read_sharded_weights(Path(path), model)
     else:
         state = {k.removeprefix(PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ValueError(f"ckpt_path={path} does not fit its own model config: {_shape_mismatch(str(e))}") from e
+    model.load_state_dict(state, strict=True, assign=True)  # names and shapes checked above
     model.net.materialize_buffers(torch.device("cpu"))
     meta = {k: v for k, v in checkpoint.items() if k in ("global_step", "epoch", "gpt4_data_dir")}
     return model.to(device).eval(), meta
@@ -196,12 +193,3 @@ def _read_sharded_weights(path: Path, model: GPT4) -> dict[str, torch.Tensor]:
         raise ValueError(f"ckpt_path={path}: cannot read the sharded weights ({type(cause).__name__}: "
                          f"{_first_sentence(str(cause))}); copy the whole checkpoint directory again") from e
     return state
-
-
-def _shape_mismatch(message: str) -> str:
-    found = re.findall(r"size mismatch for ([\w.]+): copying a param with shape (torch.Size\(\[[\d, ]*\]\)) from "
-                       r"checkpoint, the shape in current model is (torch.Size\(\[[\d, ]*\]\))", message)
-    if found:
-        name, saved, current = found[0]
-        return f"parameter {name} has shape {saved} in the checkpoint but {current} in the model"
-    return message.splitlines()[0]

@@ -55,7 +55,7 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-def check_config(cfg: DictConfig, model_cfg: GPT4Config) -> None:
+def check_config(cfg: DictConfig, model_cfg: GPT4Config, ckpt_path: str | None = None) -> None:
     """Values Hydra cannot type-check, named the way the user wrote them; the trainer's devices, precision
     and FSDP mesh against this machine; and a checkpoint to resume from against the model. All before any
     work is done, so a bad command fails in a second with one line and changes nothing on disk."""
@@ -77,21 +77,17 @@ def check_config(cfg: DictConfig, model_cfg: GPT4Config) -> None:
         raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
                          "lower data.seq_len or raise model.max_seq_len")
     check_trainer(cfg.trainer)
-    ckpt = cfg.get("ckpt_path")
-    if ckpt is not None:
-        ckpt = str(ckpt)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        path = run_dir / "checkpoints" / "last.ckpt" if ckpt in ("last", "auto") else Path(ckpt)
-        if path.exists():  # a missing one is resolve_ckpt_path's to report (or, with auto, a fresh start)
-            strategy = cfg.trainer.get("strategy")
-            sharded = isinstance(strategy, DictConfig) and "ModelParallel" in str(strategy.get("_target_", ""))
-            check_resumable(path, model_cfg, sharded_ok=sharded)
+    if ckpt_path is not None:  # resolved by resolve_ckpt_path: it exists
+        strategy = cfg.trainer.get("strategy")
+        sharded = isinstance(strategy, DictConfig) and "ModelParallel" in str(strategy.get("_target_", ""))
+        check_resumable(ckpt_path, model_cfg, sharded_ok=sharded)
 
 
-def build(cfg: DictConfig) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
-    """The module, data and trainer a config describes (data prepared on the way, if needed)."""
+def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
+    """The module, data and trainer a config describes (data prepared on the way, if needed), checked
+    against the checkpoint `ckpt_path` (resolved) it will resume from."""
     model_cfg = GPT4Config.from_kwargs(**OmegaConf.to_container(cfg.model, resolve=True))
-    check_config(cfg, model_cfg)
+    check_config(cfg, model_cfg, ckpt_path)
     data_dir = prepare(cfg)
     datamodule = GPT4DataModule(data_dir, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                 num_workers=cfg.data.num_workers, seed=cfg.data.seed, verify=cfg.data.verify,
@@ -145,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pin_sweep_job_for_child_ranks()
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)  # before any work: a wrong path fails at once
     L.seed_everything(cfg.seed, workers=True)
-    module, datamodule, trainer = build(cfg)
+    module, datamodule, trainer = build(cfg, ckpt_path)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
