@@ -52,8 +52,12 @@ class GPT4LitModule(L.LightningModule):
         self.nonfinite, self.nonfinite_max_consecutive = nonfinite, nonfinite_max_consecutive
         self.nonfinite_steps = 0  # skipped so far (kept across resumes)
         self.nonfinite_consecutive = 0
-        self.stop_requested = False
         self.nonfinite_stop_step: int | None = None
+
+    @property
+    def stop_requested(self) -> bool:
+        """Read by `resilience.GracefulStop`: checkpoint at the end of this step and stop."""
+        return self.nonfinite_stop_step is not None
 
     def configure_model(self) -> None:
         """Build on the meta device, apply parallelism (FSDP2 shards it when the strategy gives a mesh),
@@ -112,7 +116,7 @@ class GPT4LitModule(L.LightningModule):
         step = self.trainer.global_step
         if self.nonfinite == "stop" or self.nonfinite_consecutive > self.nonfinite_max_consecutive:
             log.error("non-finite loss or gradient norm at step %d: update skipped, stopping", step)
-            self.stop_requested, self.nonfinite_stop_step = True, step
+            self.nonfinite_stop_step = step
         else:
             log.warning("non-finite loss or gradient norm at step %d: update skipped (%d so far)", step,
                         self.nonfinite_steps)

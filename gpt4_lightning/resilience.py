@@ -145,7 +145,7 @@ class GracefulStop(L.Callback):
     """SIGTERM or SIGUSR1: checkpoint at the end of the current optimizer step and stop training.
 
     `stop_signal` (a name, e.g. "SIGTERM") tells the caller why training ended early; `requeue()`
-    resubmits a Slurm job. A model can also ask for a checkpoint-and-stop by setting
+    resubmits a Slurm job. A model can also ask for a checkpoint-and-stop through a true
     `stop_requested` (the non-finite loss guard does)."""
 
     def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")) -> None:
