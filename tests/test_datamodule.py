@@ -267,6 +267,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 sys.path.insert(0, {tests!r})
@@ -282,6 +283,8 @@ trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, 
                     callbacks=[ModelCheckpoint(dirpath=out / "ckpt", filename="{{step}}", every_n_train_steps=3,
                                                save_top_k=-1)])
 trainer.fit(Recorder(out), datamodule=dm, ckpt_path=None if ckpt == "none" else ckpt)
+# a gloo group left alive can abort the interpreter at exit ("terminate called without an active exception")
+torch.distributed.destroy_process_group()
 """
 
 
