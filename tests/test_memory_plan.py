@@ -142,7 +142,8 @@ FSDP_TRACKER = textwrap.dedent("""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
     from gpt4_lightning import GPT4, GPT4Config
-    from gpt4_lightning.memory import _fake_token_checks, plan_memory
+    from gpt4_lightning.memory import plan_memory
+    from gpt4_lightning.memory.simulate import _fake_token_checks
     from gpt4_lightning.parallelize import ParallelConfig, parallelize
 
     world, ac, b, n = int(sys.argv[1]), sys.argv[2] == "1", 2, 256
