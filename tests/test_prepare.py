@@ -254,6 +254,32 @@ def test_split_is_deterministic_by_document():
     assert expected_splits(["a", "b"], 0.0) == {"train": ["a", "b"], "val": []}
 
 
+# ------------------------------------------------------------------------------ workers under an ignored SIGTERM
+
+POOL_EXIT_SCRIPT = """
+import signal, sys
+from gpt4_lightning.data.prepare import _encode
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what a submitit job does; forked workers inherit it
+batches = (("train", [f"document {i} " * 40] * 8) for i in range(200))
+encoded = _encode(batches, open(sys.argv[1]).read(), 0, "uint16", num_proc=2)
+next(encoded)
+encoded.close()  # leaving early (an error, a closed generator): Pool.terminate() SIGTERMs the workers
+print("workers stopped")
+"""
+
+
+def test_leaving_the_encoder_pool_early_stops_workers_that_inherited_an_ignored_sigterm(tmp_path):
+    """Pool.terminate() stops workers by SIGTERM and waits for them: with the signal ignored (inherited
+    from a submitit job) it would wait forever. The workers restore the default action."""
+    tokenizer = tmp_path / "tokenizer.json"
+    train_bpe(make_docs(20), config(*SMALL).tokenizer).save(str(tokenizer))
+    script = tmp_path / "pool_exit.py"
+    script.write_text(POOL_EXIT_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(tokenizer)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "workers stopped" in proc.stdout, proc.stderr[-3000:]
+
+
 # ------------------------------------------------------------------------------------------------- SIGKILL midway
 
 
