@@ -59,6 +59,13 @@ def _device_count(devices: Any) -> tuple[int, list[int]] | None:
                          "device indices, or auto") from None
 
 
+def uses_fsdp(trainer: DictConfig) -> bool:
+    """Whether the trainer config shards the model: Lightning's `ModelParallelStrategy` (conf/trainer/fsdp.yaml),
+    which writes sharded (torch.distributed.checkpoint) checkpoints."""
+    strategy = trainer.get("strategy")
+    return isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("ModelParallelStrategy")
+
+
 def check_trainer(trainer: DictConfig) -> None:
     """What Lightning would reject deep inside `fit` (or accept and regret, like 64 CPU processes on a laptop),
     checked before any work and named by key: devices against this machine, precision, and FSDP's mesh."""
@@ -99,8 +106,8 @@ def check_trainer(trainer: DictConfig) -> None:
                              "precision=fp32|bf16_mixed|bf16_true, or set trainer.precision to one of "
                              f"{', '.join(allowed)}")
 
-    strategy = trainer.get("strategy")
-    if isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("ModelParallelStrategy"):
+    if uses_fsdp(trainer):
+        strategy = trainer.strategy
         tp, dp = strategy.get("tensor_parallel_size", 1), strategy.get("data_parallel_size", "auto")
         if tp not in ("auto", 1):
             raise ValueError(f"trainer.strategy.tensor_parallel_size={tp}: gpt4_lightning shards the model with "

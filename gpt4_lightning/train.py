@@ -60,7 +60,7 @@ def check_config(cfg: DictConfig, model_cfg: GPT4Config, ckpt_path: str | None =
     and FSDP mesh against this machine; and a checkpoint to resume from against the model. All before any
     work is done, so a bad command fails in a second with one line and changes nothing on disk."""
     from .checkpoint import check_resumable
-    from .hydra_config import check_trainer
+    from .hydra_config import check_trainer, uses_fsdp
 
     integers = {"data.seq_len": cfg.data.seq_len, "data.batch_size": cfg.data.batch_size,
                 "trainer.max_steps": cfg.trainer.max_steps, "trainer.accumulate_grad_batches":
@@ -78,9 +78,7 @@ def check_config(cfg: DictConfig, model_cfg: GPT4Config, ckpt_path: str | None =
                          "lower data.seq_len or raise model.max_seq_len")
     check_trainer(cfg.trainer)
     if ckpt_path is not None:  # resolved by resolve_ckpt_path: it exists
-        strategy = cfg.trainer.get("strategy")
-        sharded = isinstance(strategy, DictConfig) and "ModelParallel" in str(strategy.get("_target_", ""))
-        check_resumable(ckpt_path, model_cfg, sharded_ok=sharded)
+        check_resumable(ckpt_path, model_cfg, sharded_ok=uses_fsdp(cfg.trainer))
 
 
 def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:

@@ -94,10 +94,6 @@ class MemoryPlan:
         return dataclasses.asdict(self)
 
 
-def _dtype_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 _SIM_CACHE: dict[tuple, Simulation] = {}
 
 
@@ -135,7 +131,7 @@ def plan_memory(cfg: GPT4Config, *, strategy: str = "single", world_size: int = 
     orig_dtype, _ = PRECISIONS[precision]
     compute_dtype = DTYPES[param_dtype] if fsdp and param_dtype else orig_dtype
     reduce = DTYPES[reduce_dtype] if fsdp and reduce_dtype else compute_dtype
-    ob, pb, rb = _dtype_bytes(orig_dtype), _dtype_bytes(compute_dtype), _dtype_bytes(reduce)
+    ob, pb, rb = orig_dtype.itemsize, compute_dtype.itemsize, reduce.itemsize
     world = world_size if strategy != "single" else 1
     shard_world = world if fsdp else 1
 
