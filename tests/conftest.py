@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import subprocess
@@ -63,6 +64,16 @@ def train_args(workdir: Path, max_steps: int) -> list[str]:
             "trainer.val_check_interval=20", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
             "checkpoint_every_n_steps=20", "scheduler.warmup_steps=5", "optim.lr=3e-3", "run_name=tiny"]
 
+
+def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, train loss) rows of a run's metrics.csv, in the order logged (a resumed run's rows follow)."""
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """step -> train loss; a step logged twice (before a kill and after the resume) keeps the later value."""
+    return dict(logged_losses(run_dir))
 
 # --- a real one-node Slurm cluster (tests/slurm_cluster.py; tests/test_slurm.py) --------------------------
 

@@ -1,15 +1,9 @@
 """Two real CPU processes (gloo) through the real CLI: DDP and FSDP2 (ModelParallelStrategy)."""
 
-import csv
 
 import pytest
 import torch
-from conftest import run, train_args
-
-
-def step_losses(run_dir) -> dict[int, float]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+from conftest import run, step_losses, train_args
 
 
 def args(workdir, name: str, *extra: str) -> list[str]:

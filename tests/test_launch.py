@@ -1,6 +1,5 @@
 """Launchers without a cluster: Hydra multirun with DDP ranks, and multi-node DDP through torchrun."""
 
-import csv
 import os
 import socket
 import subprocess
@@ -8,12 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run, train_args
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+from conftest import run, step_losses, train_args
 
 
 def tiny(workdir: Path, *extra: str) -> list[str]:

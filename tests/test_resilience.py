@@ -2,7 +2,6 @@
 checkpoint: exact resume after SIGKILL (1 process and 2-process FSDP2), graceful SIGTERM/SIGUSR1,
 atomic checkpoints, the non-finite guard. Real CLI runs in subprocesses, compared step by step."""
 
-import csv
 import os
 import signal
 import subprocess
@@ -12,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run, train_args
+from conftest import run, step_losses, train_args
+
+from gpt4_lightning.checkpoint import read_checkpoint
 
 STEPS, EVERY = 120, 20
 
@@ -40,15 +41,9 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    """step -> train loss; a step logged twice (before a kill and after the resume) keeps the later value."""
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
 
 def resume_step(run_dir: Path) -> int:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt" / "meta.pt" if (run_dir / "checkpoints" / "last.ckpt")
-                      .is_dir() else run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]  # a file, or a sharded dir's meta.pt
 
 
 def assert_same_from(resumed: dict[int, float], reference: dict[int, float], first: int) -> None:
@@ -67,7 +62,7 @@ STRATEGIES = {"one": [], "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "tr
 def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy):
     extra = STRATEGIES[strategy]
     run(workdir, "train", *args(workdir, f"whole_{strategy}", *extra))
-    reference = losses(workdir / "outputs" / f"whole_{strategy}")
+    reference = step_losses(workdir / "outputs" / f"whole_{strategy}")
 
     run_dir = workdir / "outputs" / f"killed_{strategy}"
     proc = start(workdir, *args(workdir, f"killed_{strategy}", *extra))
@@ -81,7 +76,7 @@ def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy):
 
     resumed = run(workdir, "train", *args(workdir, f"killed_{strategy}", *extra, "ckpt_path=last"))
     assert f"steps: {STEPS}" in resumed.stdout
-    assert_same_from(losses(run_dir), reference, first)
+    assert_same_from(step_losses(run_dir), reference, first)
 
 
 @pytest.mark.slow
@@ -91,7 +86,7 @@ def test_signal_checkpoints_after_the_step_exits_zero_and_resumes_exactly(workdi
     reference_dir = workdir / "outputs" / f"whole_{strategy}"
     if not reference_dir.exists():
         run(workdir, "train", *args(workdir, f"whole_{strategy}", *extra))
-    reference = losses(reference_dir)
+    reference = step_losses(reference_dir)
 
     name = f"stopped_{strategy}"
     run_dir = workdir / "outputs" / name
@@ -109,7 +104,7 @@ def test_signal_checkpoints_after_the_step_exits_zero_and_resumes_exactly(workdi
     assert os.path.realpath(run_dir / "checkpoints" / "last.ckpt").endswith(f"step{stopped:06d}.ckpt")
 
     run(workdir, "train", *args(workdir, name, *extra, "ckpt_path=last"))
-    assert_same_from(losses(run_dir), reference, stopped)
+    assert_same_from(step_losses(run_dir), reference, stopped)
 
 
 SLOW_SAVE = """

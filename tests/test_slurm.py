@@ -4,7 +4,6 @@ USR1 -> checkpoint -> requeue -> resume cycle."""
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run, train_args
+from conftest import logged_losses, run, train_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -42,10 +41,6 @@ def prepared(slurm, workdir):
     run(workdir, "prepare", *(a for a in train_args(workdir, 1) if a.startswith(("data", "tokenizer"))))
 
 
-def logged_steps(run_dir: Path) -> list[int]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")})
-
 
 def test_sbatch_script_trains_on_two_ranks(slurm, workdir):
     job = slurm.submit(*CPU_JOB, str(SBATCH), "trainer.accelerator=cpu", *tiny(workdir, 10),
@@ -58,7 +53,7 @@ def test_sbatch_script_trains_on_two_ranks(slurm, workdir):
     run_dir = workdir / "outputs" / f"slurm-{job}"  # run_name=slurm-<job id>: stable across requeues
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 10
-    assert logged_steps(run_dir)[-1] == 9
+    assert max(s for s, _ in logged_losses(run_dir)) == 9
 
 
 def sweep_command(slurm, sweep: Path, workdir: Path, max_steps: int, *extra: str) -> list[str]:
@@ -88,7 +83,7 @@ def test_submitit_multirun_runs_each_sweep_point_as_a_job(slurm, workdir):
         run_dir = sweep / str(num)
         assert f"optim.lr={lr}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
         assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
-        assert logged_steps(run_dir)[-1] == 9
+        assert max(s for s, _ in logged_losses(run_dir)) == 9
     # two Slurm jobs (one array), both finished
     tasks = submitit_jobs(sweep)
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, tasks
@@ -162,6 +157,5 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, work
     # every optimizer step exactly once across the two runs, as in an uninterrupted run: the first run
     # checkpointed after step `step` (logged steps 0..step-1), the resumed one logged step..max_steps-1,
     # appended to the same metrics.csv (gpt4_lightning.loggers.ResumableCSVLogger)
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    steps = [s for s, _ in logged_losses(run_dir)]
     assert steps == list(range(max_steps)), (step, steps[:5], len(steps))

@@ -1,16 +1,9 @@
 """End to end through the real CLI, in subprocesses: train, resume, generate, evaluate, bad overrides."""
 
-import csv
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import run, train_args
-
-
-def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+from conftest import logged_losses, run, train_args
 
 
 @pytest.mark.slow
@@ -18,7 +11,7 @@ def test_train_resume_generate_evaluate(workdir):
     first = run(workdir, "train", *train_args(workdir, 40))
     run_dir = workdir / "outputs" / "tiny"
     assert f"run directory: {run_dir}" in first.stdout and "ckpt_path=last" in first.stdout
-    losses = train_losses(run_dir)
+    losses = logged_losses(run_dir)
     assert losses[-1][1] < losses[0][1] - 0.5, losses  # it learns (from ~ln 512 = 6.2)
     last = run_dir / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 40
@@ -28,7 +21,7 @@ def test_train_resume_generate_evaluate(workdir):
     assert "steps: 60" in resumed.stdout
     assert "Restoring states from the checkpoint" in resumed.stderr + resumed.stdout
     assert torch.load(last, weights_only=True)["global_step"] == 60
-    steps = [s for s, _ in train_losses(run_dir)]
+    steps = [s for s, _ in logged_losses(run_dir)]
     assert max(steps) >= 55 and min(s for s in steps if s > 40) <= 45  # continued at 40, not from 0
     assert min(steps) < 10 and len([s for s in steps if s <= 40]) >= 8  # the first run's rows are kept
 
