@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine_info import machine_info
 
 from gpt4_lightning.model import GPT4Config
 from gpt4_lightning.model.kernels import AttentionBias, flex_attention_causal, reference_attention, sdpa_attention
@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "config": {"batch": b, "heads": h, "alibi_heads": args.alibi_heads, "kv_heads": args.kv_heads, "seq": n,
                    "dim_head": d, "dtype": args.dtype, "iters": args.iters, "dense_bias_gib": bias_gib},
-        "machine": {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-                    or platform.machine(), "torch": torch.__version__, "cpu_count": torch.get_num_threads()},
+        "machine": machine_info(device),
         "results": results, "ratios": ratios,
     }
     print(f"attention b={b} h={h} (alibi {args.alibi_heads}) kv_heads={args.kv_heads} n={n} d={d} {args.dtype} "

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine_info import machine_info
 from tokenizers import Tokenizer
 
 from gpt4_lightning.data.corpus import Corpus
@@ -127,7 +126,7 @@ def main() -> None:
         print(f"{name:<26}{row['tokens_per_s']:>16,.0f}{row['vs_raw']:>10.3f}{row['vs_raw_windows']:>16.3f}"
               f"{row['vs_training']:>14,.0f}")
     result = {"config": vars(args) | {"out": str(args.out)}, "data_dir": str(data_dir), "read": rows,
-              "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "platform": platform.platform()}}
+              "machine": machine_info()}
     if not args.skip_prepare:
         prep = prepare_vs_encode_batch(data_dir, manifest)
         result["prepare"] = prep

@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
+from machine_info import machine_info
 from omegaconf import OmegaConf
 
 from gpt4_lightning import GPT4Config
@@ -64,18 +62,14 @@ MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def model_config(name: str, overrides: list[str]) -> GPT4Config:
-    """A `conf/model/<name>.yaml` preset with `key=value` overrides."""
-    from gpt4_lightning.hydra_config import config_dir
+    """A `conf/model/<name>.yaml` preset with `key=value` overrides, composed as `train` composes it."""
+    from gpt4_lightning.hydra_config import compose_config, config_dir
 
-    path = config_dir() / "model" / f"{name}.yaml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+    presets = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+    if name not in presets:
         raise SystemExit(f"error: no model preset {name!r}; choose from {presets}")
-    values = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path)).items() if k != "defaults"}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        values[key] = yaml.safe_load(value) if value else value  # YAML typing: 512 -> int, true -> bool
-    return GPT4Config.from_kwargs(**values)
+    cfg = compose_config("train", [f"model={name}", *(f"model.{o}" for o in overrides)])
+    return GPT4Config.from_kwargs(**OmegaConf.to_container(cfg.model, resolve=True))
 
 
 def gib(nbytes: float) -> str:
@@ -92,15 +86,6 @@ def plan_table(plans: dict[str, MemoryPlan]) -> str:
     for key, label in INFO:
         lines.append(f"{label:<{width}}" + "".join(f"{gib(getattr(plans[n], key)):>16}" for n in names))
     return "\n".join(lines)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return dict(cpu=cpu, cpu_count=os.cpu_count(), torch=torch.__version__, python=platform.python_version(),
-                platform=platform.platform())
 
 
 def plan_main(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     report = measure_main(args) if args.measure else plan_main(args)
-    report.update(machine=machine(), wall_s=time.perf_counter() - start, argv=sys.argv[1:] if argv is None else argv)
+    report.update(machine=machine_info(), wall_s=time.perf_counter() - start,
+                  argv=sys.argv[1:] if argv is None else argv)
     out = args.out or REPO / "bench" / "results" / ("memory_plan_measured.json" if args.measure else "memory_plan.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")

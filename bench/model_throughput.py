@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,10 +32,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from machine_info import machine_info
 from torch import Tensor, nn
 from x_transformers import AutoregressiveWrapper
 
 from gpt4_lightning import GPT4, GPT4Config
+from gpt4_lightning.memory.rss import current_rss, peak_rss
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("gpt4", "xt_model", "xt_arwrapper")
@@ -63,16 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.threads = args.threads or os.cpu_count() or 1
     return args
-
-
-def current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mib() -> float:
-    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def xt_reference() -> Any:
@@ -123,7 +113,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(args.seed)
     tokens = torch.randint(0, args.num_tokens, (args.batch, args.seq + 1))
     xt_reference()  # every import done before the baseline, so no model pays for them
-    rss_before = current_rss_mib()
+    rss_before = current_rss()
     model, step_loss = build(args.worker, args)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -141,7 +131,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     elapsed = time.perf_counter() - start
     others_s = busy_cpu_s() - all_start - (time.process_time() - own_start)
     return dict(tokens_per_s=args.batch * args.seq * args.steps / elapsed, step_s=elapsed / args.steps,
-                peak_mib=peak_rss_mib() - rss_before, params=sum(p.numel() for p in model.parameters()),
+                peak_mib=(peak_rss() - rss_before) / 2**20, params=sum(p.numel() for p in model.parameters()),
                 # cores busy with other processes while timing: OpenMP threads stall when they share cores
                 other_load=max(others_s / elapsed, 0.0))
 
@@ -213,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     print(f"wall time: {wall:.1f}s")
 
-    machine = dict(cpu_count=os.cpu_count(), torch=torch.__version__, platform=platform.platform(),
-                   python=platform.python_version(), processor=platform.processor())
-    report = dict(config=config, machine=machine,
+    report = dict(config=config, machine=machine_info(),
                   rounds=rounds, medians=summary, ratios=ratios, wall_s=wall)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
