@@ -28,11 +28,11 @@ import torch
 from machine_info import machine_info
 from tokenizers import Tokenizer
 
+from gpt4_lightning.config import compose_config
 from gpt4_lightning.data.corpus import Corpus
 from gpt4_lightning.data.datamodule import GPT4DataModule
 from gpt4_lightning.data.prepare import prepare
 from gpt4_lightning.data.shards import Manifest
-from gpt4_lightning.hydra_config import compose_config
 
 REPO = Path(__file__).resolve().parent.parent
 

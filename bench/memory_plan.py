@@ -63,7 +63,7 @@ MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 def model_config(name: str, overrides: list[str]) -> GPT4Config:
     """A `conf/model/<name>.yaml` preset with `key=value` overrides, composed as `train` composes it."""
-    from gpt4_lightning.hydra_config import compose_config, config_dir
+    from gpt4_lightning.config import compose_config, config_dir
 
     presets = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
     if name not in presets:

@@ -95,8 +95,8 @@ def build(name: str, args: argparse.Namespace) -> tuple[nn.Module, Any]:
     if name.startswith("gpt4"):
         model = GPT4(**kwargs)
         if name == "gpt4_compiled":
-            for i, block in enumerate(model.net.decoder.blocks):
-                model.net.decoder.blocks[i] = torch.compile(block)
+            for i, block in enumerate(model.blocks):
+                model.blocks[i] = torch.compile(block)
         return model, next_token_loss(model)
 
     # the config GPT4(**kwargs) would hold, without allocating a GPT4 in this worker (it would count as peak)

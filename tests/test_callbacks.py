@@ -5,9 +5,9 @@ import torch
 from conftest import TINY
 
 from gpt4_lightning import GPT4Config
-from gpt4_lightning.callbacks import PeakMemory, ThroughputLogger
-from gpt4_lightning.flops import flops_per_token, matmul_params
-from gpt4_lightning.module import GPT4LitModule
+from gpt4_lightning.training.callbacks import PeakMemory, ThroughputLogger
+from gpt4_lightning.training.flops import flops_per_token, matmul_params
+from gpt4_lightning.training.module import GPT4LitModule
 
 
 class Recorder(L.Callback):

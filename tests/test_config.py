@@ -6,7 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from gpt4_lightning import GPT4, GPT4Config
-from gpt4_lightning.hydra_config import compose_config, config_dir
+from gpt4_lightning.config import compose_config, config_dir
 
 GROUPS = {group: sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
           for group in ("model", "data", "tokenizer", "trainer", "precision", "optim", "scheduler", "logger",

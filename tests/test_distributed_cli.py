@@ -36,7 +36,7 @@ def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy):
 @pytest.mark.slow
 def test_fsdp_checkpoint_reshards_and_exports(workdir):
     from gpt4_lightning import GPT4
-    from gpt4_lightning.checkpoint import load_model
+    from gpt4_lightning.checkpoint.load import load_model
 
     two = ["trainer=fsdp", "trainer.accelerator=cpu", "data.batch_size=4"]
     run(workdir, "train", *args(workdir, "reshard", *two, "trainer.devices=2"))

@@ -6,7 +6,7 @@ from conftest import TINY
 
 from gpt4_lightning import GPT4
 from gpt4_lightning.model.attention import QKNorm
-from gpt4_lightning.model.kernels import reference_attention
+from gpt4_lightning.model.kernels import KERNELS, reference_attention
 from gpt4_lightning.model.positional import RotaryXPos, alibi_slopes, apply_rotary
 
 
@@ -17,7 +17,7 @@ def tiny(**flags) -> GPT4:
 def attention_probs_from_bias(model: GPT4, n: int) -> torch.Tensor:
     """Attention weights when q·k = 0 everywhere: what the positional bias alone does. (h, n, n)."""
     decoder = model.net.decoder
-    bias = decoder.attention_bias("reference", n, n, torch.device("cpu"), torch.float32)
+    bias = decoder.attention_bias(KERNELS["reference"], n, n, torch.device("cpu"), torch.float32)
     h = model.config.heads
     eye = torch.eye(n)[None, None].expand(1, h, n, n)  # v = identity: output rows are the weights
     zeros = torch.zeros(1, h, n, n)
@@ -133,15 +133,15 @@ def test_one_kv_head_shares_keys_across_query_heads():
     attn = model.net.decoder.blocks[0].attn
     x = torch.randn(1, 8, TINY["dim"])
     rotary = model.net.decoder.rotary(0, 8)
-    bias = model.net.decoder.attention_bias("sdpa", 8, 8, x.device, x.dtype)
+    bias = model.net.decoder.attention_bias(KERNELS["sdpa"], 8, 8, x.device, x.dtype)
     captured = {}
     attn.to_out.register_forward_hook(lambda m, inp, out: captured.__setitem__("heads", inp[0]))
-    attn(x, rotary, bias, "sdpa")
+    attn(x, rotary, bias, KERNELS["sdpa"])
     before = captured["heads"].view(1, 8, 4, 16)
     with torch.no_grad():
         w = attn.to_qkv.weight
         w[:16], w[16:32] = w[16:32].clone(), w[:16].clone()
-    attn(x, rotary, bias, "sdpa")
+    attn(x, rotary, bias, KERNELS["sdpa"])
     after = captured["heads"].view(1, 8, 4, 16)
     torch.testing.assert_close(after[:, :, 0], before[:, :, 1])
     torch.testing.assert_close(after[:, :, 1], before[:, :, 0])
@@ -211,10 +211,10 @@ def test_abs_pos_emb_gives_order_where_nothing_else_does():
 def test_attn_flash_selects_fused_kernel_and_off_falls_back_to_reference():
     fused, plain = tiny(), tiny(attn_flash=False)
     cpu = torch.device("cpu")
-    assert fused.net.decoder.kernel_for(cpu, 8, 8) == "sdpa"
-    assert fused.net.decoder.kernel_for(torch.device("cuda"), 8, 8) == "flex"
-    assert fused.net.decoder.kernel_for(torch.device("cuda"), 1, 9) == "sdpa"  # cached decoding step
-    assert plain.net.decoder.kernel_for(cpu, 8, 8) == "reference"
+    assert fused.net.decoder.kernel_for(cpu, 8, 8).name == "sdpa"
+    assert fused.net.decoder.kernel_for(torch.device("cuda"), 8, 8).name == "flex"
+    assert fused.net.decoder.kernel_for(torch.device("cuda"), 1, 9).name == "sdpa"  # cached decoding step
+    assert plain.net.decoder.kernel_for(cpu, 8, 8).name == "reference"
     plain.load_state_dict(fused.state_dict())
     tokens = torch.randint(0, 256, (2, 64))
     torch.testing.assert_close(fused(tokens), plain(tokens), atol=1e-5, rtol=1e-5)

@@ -143,20 +143,21 @@ FSDP_TRACKER = textwrap.dedent("""
     from torch.testing._internal.distributed.fake_pg import FakeStore
     from gpt4_lightning import GPT4, GPT4Config
     from gpt4_lightning.memory import plan_memory
-    from gpt4_lightning.memory.simulate import _fake_token_checks
-    from gpt4_lightning.parallelize import ParallelConfig, parallelize
+    from gpt4_lightning.training.config import ParallelConfig
+    from gpt4_lightning.training.parallelize import parallelize
 
     world, ac, b, n = int(sys.argv[1]), sys.argv[2] == "1", 2, 256
     cfg = GPT4Config(num_tokens=4096, max_seq_len=256, dim=256, depth=4, dim_head=32, heads=8, alibi_num_heads=4)
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
-    with FakeTensorMode(), _fake_token_checks():
+    with FakeTensorMode():
         model = GPT4.from_config(cfg)
+        model.checks_token_values = False  # fake tensors carry no values
         parallelize(model, ParallelConfig(activation_checkpointing=ac), mesh)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         tokens = torch.randint(0, cfg.num_tokens, (b, n + 1))
         for step in range(2):  # Lightning's order: forward + loss, zero_grad, backward, step
-            tracker = FSDPMemTracker(model.net, opt) if step == 1 else None
+            tracker = FSDPMemTracker(model.root, opt) if step == 1 else None
             if tracker is not None:
                 tracker.track_inputs((tokens,))
                 tracker.__enter__()

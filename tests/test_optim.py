@@ -9,9 +9,9 @@ import torch
 from conftest import TINY
 
 from gpt4_lightning import GPT4, GPT4Config
-from gpt4_lightning.flops import flops_per_token, matmul_params
-from gpt4_lightning.module import GPT4LitModule
-from gpt4_lightning.optim import warmup_cosine, weight_decay_groups
+from gpt4_lightning.training.flops import flops_per_token, matmul_params
+from gpt4_lightning.training.module import GPT4LitModule
+from gpt4_lightning.training.optim import warmup_cosine, weight_decay_groups
 
 
 def test_weight_decay_only_on_matmul_weights_and_embeddings():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 from tokenizers import Tokenizer
 
+from gpt4_lightning.config import compose_config
 from gpt4_lightning.data.corpus import Corpus, read_python_source
 from gpt4_lightning.data.prepare import default_cache_dir, output_dir, prepare, split_documents
 from gpt4_lightning.data.shards import MANIFEST, DataError, Manifest
@@ -27,8 +27,7 @@ SMALL = ["tokenizer.vocab_size=300", "data.val_fraction=0.2"]
 
 
 def config(*overrides: str):
-    with initialize_config_module("gpt4_lightning.conf", version_base=None):
-        return compose("prepare", overrides=list(overrides))
+    return compose_config("prepare", list(overrides))
 
 
 def cli(*args: str, cwd: Path, cache: Path | None = None, timeout: float = 300, **env: str):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import run, step_losses, train_args
 
-from gpt4_lightning.checkpoint import read_checkpoint
+from gpt4_lightning.checkpoint.load import read_checkpoint
 
 STEPS, EVERY = 120, 20
 
@@ -184,8 +184,9 @@ class PoisonLoss:
 def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str):
     import lightning as L
 
-    from gpt4_lightning.hydra_config import compose_config
-    from gpt4_lightning.train import build
+    from gpt4_lightning.config import compose_config
+    from gpt4_lightning.training.build import build, callback
+    from gpt4_lightning.training.nonfinite import NonFiniteGuard
 
     monkeypatch.setenv("GPT4_LIGHTNING_CACHE", str(workdir / "cache"))
     cfg = compose_config("train", [*args(workdir, "poison", "trainer.max_steps=8", "trainer.limit_val_batches=0",
@@ -194,23 +195,23 @@ def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str):
     poison = PoisonLoss(step=3)
     trainer.callbacks.append(type("Poison", (L.Callback,), {"on_train_batch_start": lambda s, *a: poison(*a)})())
     trainer.fit(module, datamodule=datamodule)
-    return module, trainer, poison
+    return callback(trainer, NonFiniteGuard), trainer, poison
 
 
 def test_nonfinite_loss_is_skipped_without_touching_the_weights(workdir, tmp_path, monkeypatch):
-    module, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "skip")
-    assert trainer.global_step == 8 and module.nonfinite_steps == 1
+    guard, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "skip")
+    assert trainer.global_step == 8 and guard.bad_steps == 1
     for name, value in poison.before.items():  # the poisoned step changed nothing
         assert torch.equal(value, poison.after[name]), name
-    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters())
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
 def test_nonfinite_stop_keeps_a_checkpoint_from_before_the_bad_step(workdir, tmp_path, monkeypatch):
-    from gpt4_lightning.checkpoint import load_model
+    from gpt4_lightning.checkpoint.load import load_model
 
-    module, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "stop")
-    assert module.nonfinite_stop_step == 3 and trainer.global_step == 4  # stopped right after the bad step
+    guard, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "stop")
+    assert guard.stop_step == 3 and trainer.global_step == 4  # stopped right after the bad step
     model, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
     saved = model.state_dict()
     for name, value in poison.before.items():

@@ -156,6 +156,6 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, work
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == max_steps
     # every optimizer step exactly once across the two runs, as in an uninterrupted run: the first run
     # checkpointed after step `step` (logged steps 0..step-1), the resumed one logged step..max_steps-1,
-    # appended to the same metrics.csv (gpt4_lightning.loggers.ResumableCSVLogger)
+    # appended to the same metrics.csv (gpt4_lightning.training.loggers.ResumableCSVLogger)
     steps = [s for s, _ in logged_losses(run_dir)]
     assert steps == list(range(max_steps)), (step, steps[:5], len(steps))

@@ -52,7 +52,7 @@ def test_bad_overrides_exit_nonzero_naming_the_key(workdir, args, message):
 def test_prompt_is_passed_through_hydra_verbatim(prompt):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from gpt4_lightning.generate import quote_prompt
+    from gpt4_lightning.cli.generate import quote_prompt
 
     (arg,) = quote_prompt([f"prompt={prompt}"])
     assert OverridesParser.create().parse_override(arg).value() == prompt

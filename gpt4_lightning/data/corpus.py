@@ -43,13 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import SOURCES, DataConfig
 from .shards import DataError
 
 log = logging.getLogger(__name__)
 
 # file suffix -> HF datasets builder
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-SOURCES = ("stdlib", "files", "hf_hub")
 
 
 @dataclass
@@ -151,12 +151,12 @@ class Corpus:
     written); `describe()` is what the output's fingerprint is computed from.
     """
 
-    def __init__(self, data_cfg: Any) -> None:
-        self.source = str(data_cfg.source)
+    def __init__(self, data_cfg: DataConfig) -> None:
+        self.source = data_cfg.source
         if self.source not in SOURCES:
             raise ValueError(f"data.source={self.source!r} is not one of {', '.join(SOURCES)}")
-        self.text_field = str(data_cfg.get("text_field") or "text")
-        self.name = str(data_cfg.get("name") or self.source)
+        self.text_field = data_cfg.text_field or "text"
+        self.name = data_cfg.name or self.source
         self.stats = CorpusStats()
         self._warned: set[str] = set()
         self.files: list[Path] = []
@@ -164,17 +164,17 @@ class Corpus:
             self.root = stdlib_root()
             self.files = stdlib_files(self.root)
         elif self.source == "files":
-            if not data_cfg.get("path"):
+            if not data_cfg.path:
                 raise ValueError("data.path is required for data=files: add data.path=<a txt/json/jsonl/parquet "
                                  "file, a folder of them, or a glob> to the command line")
             self.path_spec = str(data_cfg.path)
             self.files = resolve_files(self.path_spec)
         else:
-            if not data_cfg.get("name"):
+            if not data_cfg.name:
                 raise ValueError("data.name is required for data=hf_hub: add data.name=<dataset id on the hub> "
                                  "to the command line")
-            self.hub_config = data_cfg.get("hub_config")
-            self.hub_split = str(data_cfg.get("hub_split") or "train")
+            self.hub_config = data_cfg.hub_config
+            self.hub_split = data_cfg.hub_split or "train"
 
     def describe(self, detailed: bool = True) -> dict[str, Any]:
         """The inputs, as JSON; `detailed` adds every file's size and mtime (for the fingerprint only)."""

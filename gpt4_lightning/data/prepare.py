@@ -1,4 +1,4 @@
-"""`prepare(cfg)`: text corpus -> tokenizer + token shards + manifest, once per set of inputs.
+"""`prepare(cfg: PrepareConfig)`: text corpus -> tokenizer + token shards + manifest, once per set of inputs.
 
 The output directory is `data.dir`, else `<cache>/<data.name>-<fingerprint>`, where the
 fingerprint hashes everything the tokens depend on (the inputs — for files their paths, sizes
@@ -40,6 +40,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from . import tokenizer as tok
+from .config import PrepareConfig, TokenizerConfig
 from .corpus import Corpus
 from .shards import (
     FORMAT_VERSION,
@@ -72,16 +73,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "gpt4_lightning"
 
 
-def fingerprint(corpus: Corpus, tok_cfg: Any, val_fraction: float, shard_tokens: int) -> str:
+def fingerprint(corpus: Corpus, tok_cfg: TokenizerConfig, val_fraction: float, shard_tokens: int) -> str:
     payload = {"format_version": FORMAT_VERSION, "inputs": corpus.describe(), "text_field": corpus.text_field,
                "val_fraction": val_fraction, "shard_tokens": shard_tokens, "tokenizer": tok.describe(tok_cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def output_dir(cfg: Any, fp: str) -> Path:
-    if cfg.data.get("dir"):
-        return Path(str(cfg.data.dir)).expanduser().absolute()
-    cache = Path(str(cfg.cache_dir)).expanduser() if cfg.get("cache_dir") else default_cache_dir()
+def output_dir(cfg: PrepareConfig, fp: str) -> Path:
+    if cfg.data.dir:
+        return Path(cfg.data.dir).expanduser().absolute()
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(cfg.data.name)).strip("-.") or "data"
     return (cache / f"{name}-{fp}").absolute()
 
@@ -248,34 +249,33 @@ def _reusable(out: Path, fp: str) -> bool:
     return True
 
 
-def _check_config(cfg: Any) -> tuple[float, int, int]:
-    val_fraction = float(cfg.data.val_fraction)
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"data.val_fraction={val_fraction} must be in [0, 1)")
-    shard_tokens = int(cfg.data.shard_tokens)
-    if shard_tokens <= 0:
-        raise ValueError(f"data.shard_tokens={shard_tokens} must be positive")
-    num_proc = cfg.get("num_proc")
+def _num_proc(cfg: PrepareConfig) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    num_proc = cores if num_proc is None else int(num_proc)
-    if num_proc < 1:
-        raise ValueError(f"num_proc={num_proc} must be >= 1 (or null for all {cores} cores)")
-    return val_fraction, shard_tokens, num_proc
+    return cores if cfg.num_proc is None else cfg.num_proc
 
 
-def prepare(cfg: Any) -> Path:
+def as_prepare_config(cfg: PrepareConfig | DictConfig) -> PrepareConfig:
+    """A composed config (`compose_config("prepare" or "train")`, in tests and notebooks) as a `PrepareConfig`:
+    its range checks run here."""
+    if isinstance(cfg, PrepareConfig):
+        return cfg
+    return PrepareConfig(data=OmegaConf.to_object(cfg.data), tokenizer=OmegaConf.to_object(cfg.tokenizer),
+                         cache_dir=cfg.cache_dir, overwrite=cfg.overwrite, num_proc=cfg.num_proc)
+
+
+def prepare(cfg: PrepareConfig | DictConfig) -> Path:
     """Prepare (or reuse) the shards for `cfg.data` + `cfg.tokenizer`; returns the directory."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    cfg = as_prepare_config(cfg)
     start = time.perf_counter()
-    val_fraction, shard_tokens, num_proc = _check_config(cfg)
-    overwrite = bool(cfg.get("overwrite", False))
+    val_fraction, shard_tokens, num_proc = cfg.data.val_fraction, cfg.data.shard_tokens, _num_proc(cfg)
+    overwrite = cfg.overwrite
     corpus = Corpus(cfg.data)  # a missing path fails here
     tokenizer = tok.load_tokenizer(cfg.tokenizer)  # file/hub (EOS checked); None: BPE, trained below
     fp = fingerprint(corpus, cfg.tokenizer, val_fraction, shard_tokens)
     out = output_dir(cfg, fp)
     if not overwrite and _reusable(out, fp):
         return out
-    if cfg.data.get("dir"):  # before the corpus is read: a place that cannot be written fails at once
+    if cfg.data.dir:  # before the corpus is read: a place that cannot be written fails at once
         check_writable_dir(out, "data.dir")
     else:
         check_writable_dir(out.parent, "cache_dir", "point cache_dir (or $GPT4_LIGHTNING_CACHE) at a writable "
@@ -296,7 +296,7 @@ def prepare(cfg: Any) -> Path:
             raise DataError(f"no text found in {corpus.inputs()}; point data.path at non-empty text")
         documents = _chain(first, documents)
     tokenizer_seconds = time.perf_counter() - start
-    eos = tok.eos_id(tokenizer, str(cfg.tokenizer.eos_token), "the trained BPE")
+    eos = tok.eos_id(tokenizer, cfg.tokenizer.eos_token, "the trained BPE")
 
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
@@ -319,7 +319,7 @@ def _chain(first: tuple[str, str], rest: Iterable[tuple[str, str]]) -> Iterator[
 
 
 def _write(out: Path, corpus: Corpus, documents: Iterable[tuple[str, str]], tokenizer: Tokenizer, eos: int,
-           cfg: Any, fp: str, shard_tokens: int, num_proc: int) -> Manifest:
+           cfg: PrepareConfig, fp: str, shard_tokens: int, num_proc: int) -> Manifest:
     """Tokenizer and shards into `out`; returns the manifest (not yet saved)."""
     (out / MANIFEST).unlink(missing_ok=True)  # first: an old manifest must never describe new, partial shards
     for path in out.iterdir():
@@ -350,7 +350,7 @@ def _write(out: Path, corpus: Corpus, documents: Iterable[tuple[str, str]], toke
         dtype=dtype.name, vocab_size=vocab, eos_id=eos, tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=sha256_file(out / TOKENIZER_FILE), splits=splits,
         source={"name": corpus.name, "fingerprint": fp, **corpus.describe(detailed=False),
-                "val_fraction": float(cfg.data.val_fraction), "tokenizer": tok.describe(cfg.tokenizer)},
+                "val_fraction": cfg.data.val_fraction, "tokenizer": tok.describe(cfg.tokenizer)},
         stats={"documents": docs, "tokens": tokens, "empty_documents": stats.empty_documents,
                "skipped_files": len(stats.skipped_files), "skipped": stats.skipped_files[:100],
                "text_bytes": text_bytes, "num_proc": num_proc,

@@ -21,21 +21,21 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .shards import DataError
+from .config import TOKENIZER_KINDS, TokenizerConfig
+from .shards import DataError, Manifest
 
 log = logging.getLogger(__name__)
 
-KINDS = ("bpe", "file", "hub")
 
 
-def _kind(tok_cfg: Any) -> str:
+def _kind(tok_cfg: TokenizerConfig) -> str:
     kind = str(tok_cfg.kind)
-    if kind not in KINDS:
-        raise ValueError(f"tokenizer.kind={kind!r} is not one of {', '.join(KINDS)}")
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer.kind={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
     return kind
 
 
-def describe(tok_cfg: Any) -> dict[str, Any]:
+def describe(tok_cfg: TokenizerConfig) -> dict[str, Any]:
     """The tokenizer config as JSON, for the output fingerprint (a file is identified by its content)."""
     kind = _kind(tok_cfg)
     desc: dict[str, Any] = {"kind": kind, "eos_token": str(tok_cfg.eos_token)}
@@ -50,7 +50,7 @@ def describe(tok_cfg: Any) -> dict[str, Any]:
     return desc
 
 
-def _tokenizer_path(tok_cfg: Any) -> Path:
+def _tokenizer_path(tok_cfg: TokenizerConfig) -> Path:
     path = Path(str(tok_cfg.path)).expanduser()
     if not path.is_file():
         raise DataError(f"tokenizer.path {path} does not exist; point it at a tokenizer.json (or use tokenizer=bpe "
@@ -58,7 +58,7 @@ def _tokenizer_path(tok_cfg: Any) -> Path:
     return path.absolute()
 
 
-def load_tokenizer(tok_cfg: Any) -> Tokenizer | None:
+def load_tokenizer(tok_cfg: TokenizerConfig) -> Tokenizer | None:
     """The configured tokenizer for `kind=file|hub` (EOS checked), None for `kind=bpe` (trained later)."""
     kind = _kind(tok_cfg)
     if kind == "bpe":
@@ -83,7 +83,7 @@ def load_tokenizer(tok_cfg: Any) -> Tokenizer | None:
     return tokenizer
 
 
-def check_bpe_config(tok_cfg: Any) -> None:
+def check_bpe_config(tok_cfg: TokenizerConfig) -> None:
     specials = list(dict.fromkeys([*map(str, tok_cfg.special_tokens), str(tok_cfg.eos_token)]))
     smallest = len(pre_tokenizers.ByteLevel.alphabet()) + len(specials)
     if int(tok_cfg.vocab_size) < smallest:
@@ -93,7 +93,7 @@ def check_bpe_config(tok_cfg: Any) -> None:
         raise ValueError(f"tokenizer.min_frequency={tok_cfg.min_frequency} must be >= 0")
 
 
-def train_bpe(texts: Iterable[str], tok_cfg: Any) -> Tokenizer:
+def train_bpe(texts: Iterable[str], tok_cfg: TokenizerConfig) -> Tokenizer:
     """A byte-level BPE trained on `texts` (streamed: the trainer only keeps word counts)."""
     check_bpe_config(tok_cfg)
     eos = str(tok_cfg.eos_token)
@@ -120,3 +120,20 @@ def eos_id(tokenizer: Tokenizer, eos_token: str, origin: str) -> int:
 def vocab_size(tokenizer: Tokenizer) -> int:
     """One more than the largest id (what an embedding must hold), counting added tokens."""
     return max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+
+
+def tokenizer_and_eos(data_dir: str | None, tokenizer_path: str | None) -> tuple[Tokenizer, int | None]:
+    """The tokenizer the model was trained with (from its prepared data dir unless a path is given)."""
+    if tokenizer_path is None:
+        if data_dir is None:
+            raise ValueError("the checkpoint does not name its data directory; pass tokenizer_path=<tokenizer.json>")
+        manifest = Manifest.load(data_dir)
+        return Tokenizer.from_file(str(Path(data_dir) / manifest.tokenizer_file)), manifest.eos_id
+    if not Path(tokenizer_path).is_file():
+        raise ValueError(f"tokenizer_path={tokenizer_path} does not exist; point it at a tokenizer.json")
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as e:  # tokenizers raises a bare Exception for anything it cannot parse
+        raise ValueError(f"tokenizer_path={tokenizer_path} is not a tokenizer.json HF tokenizers can read ({e}); "
+                         "point it at the tokenizer.json of the model's prepared data") from e
+    return tokenizer, tokenizer.token_to_id("<|endoftext|>")

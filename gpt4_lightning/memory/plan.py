@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ..model import GPT4, GPT4Config
-from ..parallelize import DTYPES, ParallelConfig
+from ..training.config import ParallelConfig
+from ..training.parallelize import DTYPES
 from .simulate import PRECISIONS, Simulation, simulate
 
 GIB = 2**30
@@ -41,7 +42,7 @@ def param_groups(cfg: GPT4Config) -> ParamGroups:
     """The real model's parameter shapes, from a build on the meta device (nothing allocated)."""
     with torch.device("meta"):
         model = GPT4.from_config(cfg)
-    blocks = model.net.decoder.blocks
+    blocks = model.blocks
     in_blocks = {id(p) for p in blocks.parameters()}
     root = tuple(tuple(p.shape) for p in model.parameters() if id(p) not in in_blocks)
     return ParamGroups(root, tuple(tuple(tuple(p.shape) for p in block.parameters()) for block in blocks))
@@ -115,7 +116,10 @@ def plan_memory(cfg: GPT4Config, *, strategy: str = "single", world_size: int = 
     strategy: "single" (one process), "ddp" or "fsdp" (FSDP2 as `parallelize.apply_fsdp` applies it);
     precision: fp32 | bf16_mixed | bf16_true (Lightning's spellings too); param_dtype / reduce_dtype /
     reshard_after_forward: the `parallel` config key (FSDP2 only); device: "cpu" or "cuda" (the
-    attention kernel and AdamW's implementation differ)."""
+    attention kernel and AdamW's implementation differ).
+
+    Long on purpose: the phases (forward, backward, optimizer step) are summed from the same per-group
+    sizes in one pass, top to bottom; split up, each part would need all of them."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} must be one of {STRATEGIES}")
     if precision not in PRECISIONS:
@@ -189,7 +193,10 @@ _EVENT_ORDER = {"fw_post": 0, "bw_post": 1, "fw_pre": 2, "bw_pre": 3}
 def _walk_fsdp(sim: Simulation, consider: Any, *, padded: list[int], world: int, ob: int, pb: int, rb: int,
                reshard_after_forward: bool) -> None:
     """Replay the simulated step with FSDP2's buffers (package docstring), calling `consider` per op and
-    at each momentary high point (an all-gather next to the previous one, a reduce-scatter copy-in)."""
+    at each momentary high point (an all-gather next to the previous one, a reduce-scatter copy-in).
+
+    Long on purpose: one state machine over the op sequence (what is gathered, in flight, accumulated),
+    read in program order as FSDP2 runs it."""
     root, depth = -1, len(padded) - 1
     unsharded_bytes = {g: padded[g + 1] * pb for g in range(-1, depth)}  # group -> unsharded params
     gather_bytes = {g: (unsharded_bytes[g] if world > 1 else 0) for g in unsharded_bytes}  # flat all-gather output

@@ -4,6 +4,7 @@ creates until it is gone (see the package docstring for what is counted where)."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from ..model import GPT4, GPT4Config
-from ..model.kernels import AttentionBias
-from ..parallelize import ParallelConfig, parallelize
+from ..model.kernels import SDPA
+from ..training.config import ParallelConfig
+from ..training.parallelize import parallelize
 
 # precision name (ours and Lightning's) -> (parameter dtype, autocast dtype or None)
 PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
@@ -20,6 +22,11 @@ PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
     "bf16_mixed": (torch.float32, torch.bfloat16), "bf16-mixed": (torch.float32, torch.bfloat16),
     "bf16_true": (torch.bfloat16, None), "bf16-true": (torch.bfloat16, None),
 }
+
+
+# FlexAttention has no CPU backward to simulate: SDPA's causal kernel stands in for it (no bias, ALiBi left
+# out); both save q, k, v, the output and the logsumexp, and build nothing n x n
+FLEX_STAND_IN = dataclasses.replace(SDPA, name="flex-stand-in", dense_alibi=False)
 
 
 # --- the simulation of forward + backward on fake tensors ------------------------------------------
@@ -98,20 +105,6 @@ class _StorageTracker:
 
 
 @contextlib.contextmanager
-def _fake_token_checks():
-    """`check_tokens` reads token values, which fake tensors do not have: skip the value check (shapes
-    are still those of a real batch) while simulating."""
-    from ..model import transformer
-
-    original = transformer.check_tokens
-    transformer.check_tokens = lambda tokens, cfg, offset=0: None
-    try:
-        yield
-    finally:
-        transformer.check_tokens = original
-
-
-@contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -130,23 +123,27 @@ def simulate(cfg: GPT4Config, micro_batch: int, seq_len: int, precision: str = "
     `param_dtype` overrides the dtype the parameters compute in (FSDP2's mixed-precision policy).
     `dense_bias=False` stands in for CUDA's FlexAttention, which has no CPU backward to simulate: SDPA's
     causal kernel (`is_causal`, no bias), which like FlexAttention builds nothing n x n and saves the
-    same tensors (q, k, v, output, logsumexp). True: the CPU path, with its cached dense ALiBi bias."""
+    same tensors (q, k, v, output, logsumexp). True: the CPU path, with its cached dense ALiBi bias.
+
+    Long on purpose: the hooks, the tracked step and the per-op series share the tracker's state, and the
+    order (hooks, step, classification) is the algorithm."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.multiprocessing.reductions import StorageWeakRef
 
     orig_dtype, autocast_dtype = PRECISIONS[precision]
     dtype = param_dtype or orig_dtype
-    with FakeTensorMode(), _fake_token_checks():
+    with FakeTensorMode():
         with _default_dtype(dtype):  # as Lightning's bf16-true builds the model (`.to` cannot swap fake params)
             model = GPT4.from_config(cfg)
+        model.checks_token_values = False  # fake tensors have shapes, not values
         parallelize(model, ParallelConfig(activation_checkpointing=activation_checkpointing, ac_every=ac_every))
         if not dense_bias:
-            model.net.decoder.attention_bias = lambda *args: AttentionBias(None, None)
+            model.set_attention_kernel(FLEX_STAND_IN)
         tensors = [*model.parameters(), *model.buffers()]
         tracker = _StorageTracker({StorageWeakRef(t.untyped_storage()).cdata for t in tensors})
         events: list[tuple[int, str, int]] = []
         grad_events: list[tuple[int, int, int]] = []
-        blocks = model.net.decoder.blocks
+        blocks = model.blocks
 
         def mark(kind: str, group: int) -> None:
             events.append((tracker.ops, kind, group))
@@ -170,7 +167,7 @@ def simulate(cfg: GPT4Config, micro_batch: int, seq_len: int, precision: str = "
             return hook
 
         handles = []
-        for group, module in [(-1, model.net), *enumerate(blocks)]:
+        for group, module in [(-1, model.root), *enumerate(blocks)]:
             handles.append(module.register_forward_pre_hook(pre_forward(group)))
             handles.append(module.register_forward_hook(post_forward(group)))
         owner = {id(p): -1 for p in model.parameters()}
@@ -188,11 +185,9 @@ def simulate(cfg: GPT4Config, micro_batch: int, seq_len: int, precision: str = "
             handles.append(p.register_post_accumulate_grad_hook(on_grad))
 
         tokens = torch.randint(0, cfg.num_tokens, (micro_batch, seq_len + 1))
-        decoder, cpu = model.net.decoder, torch.device("cpu")
-        if dense_bias and decoder.alibi is not None:
+        if dense_bias and cfg.alibi_pos_bias:
             # steady state: the ALiBi bias is built on the first step and cached; count it, not its construction
-            bias = decoder.attention_bias(decoder.kernel_for(cpu, seq_len, seq_len), seq_len, seq_len, cpu,
-                                          autocast_dtype or dtype).dense
+            bias = model.attention_bias(seq_len, torch.device("cpu"), autocast_dtype or dtype).dense
             tracker.add(StorageWeakRef(bias.untyped_storage()), bias.untyped_storage().nbytes())
         with tracker.mode:
             with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPT4Config
-from .kernels import KERNELS, AttentionBias
+from .kernels import AttentionBias, AttentionKernel
 from .kv_cache import KVCache
 from .positional import RotaryTables, apply_rotary
 
@@ -59,6 +59,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.kv_heads, self.dim_head, self.layer = cfg.heads, cfg.kv_heads, cfg.dim_head, layer
         self.depth = cfg.depth
+        self.qkv_sizes = (cfg.heads * cfg.dim_head, cfg.kv_heads * cfg.dim_head, cfg.kv_heads * cfg.dim_head)
         self.to_qkv = nn.Linear(cfg.dim, (cfg.heads + 2 * cfg.kv_heads) * cfg.dim_head, bias=False)
         self.to_out = nn.Linear(cfg.heads * cfg.dim_head, cfg.dim, bias=False)
         self.qk_norm = (QKNorm(cfg.heads, cfg.kv_heads, cfg.dim_head, cfg.attn_qk_norm_dim_scale,
@@ -69,14 +70,15 @@ class Attention(nn.Module):
         nn.init.normal_(self.to_qkv.weight, std=0.02)
         nn.init.normal_(self.to_out.weight, std=0.02 / math.sqrt(2 * self.depth))
 
-    def forward(self, x: Tensor, rotary: RotaryTables | None, bias: AttentionBias, kernel: str,
+    def forward(self, x: Tensor, rotary: RotaryTables | None, bias: AttentionBias, kernel: AttentionKernel,
                 cache: KVCache | None = None) -> Tensor:
         b, n, _ = x.shape
-        h, kvh, d = self.heads, self.kv_heads, self.dim_head
-        q, k, v = self.to_qkv(x).split((h * d, kvh * d, kvh * d), dim=-1)
-        q = q.view(b, n, h, d).transpose(1, 2)  # (b, h, n, d)
-        k = k.view(b, n, kvh, d).transpose(1, 2)  # (b, kvh, n, d)
-        v = v.view(b, n, kvh, d).transpose(1, 2)
+        d = self.dim_head
+        q, k, v = self.to_qkv(x).split(self.qkv_sizes, dim=-1)
+        # head counts from the shapes (-1), not the config: a tensor-parallel shard holds fewer heads
+        q = q.view(b, n, -1, d).transpose(1, 2)  # (b, h, n, d)
+        k = k.view(b, n, -1, d).transpose(1, 2)  # (b, kvh, n, d)
+        v = v.view(b, n, -1, d).transpose(1, 2)
 
         # the softmax scale goes into q: through qk-norm's gain, else the rotary tables, else here
         if self.qk_norm is not None:
@@ -89,5 +91,5 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (b, kvh, cached + n, d)
 
-        out = KERNELS[kernel](q, k, v, bias)  # (b, h, n, d)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
+        out = kernel(q, k, v, bias)  # (b, h, n, d)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))

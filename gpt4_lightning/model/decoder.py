@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from .attention import Attention
 from .config import GPT4Config
 from .feedforward import FeedForward
-from .kernels import AttentionBias, causal_bias
+from .kernels import KERNELS, REFERENCE, SDPA, AttentionBias, AttentionKernel
 from .kv_cache import KVCache
 from .norms import LayerNorm
 from .positional import Alibi, RotaryTables, RotaryXPos
@@ -31,7 +31,7 @@ class DecoderBlock(nn.Module):
         self.ff_norm = LayerNorm(cfg.dim)
         self.ff = FeedForward(cfg.dim, cfg.ff_mult, cfg.depth)
 
-    def forward(self, x: Tensor, rotary: RotaryTables | None, bias: AttentionBias, kernel: str,
+    def forward(self, x: Tensor, rotary: RotaryTables | None, bias: AttentionBias, kernel: AttentionKernel,
                 cache: KVCache | None = None) -> Tensor:  # (b, n, dim) -> (b, n, dim)
         x = x + self.attn(self.attn_norm(x), rotary, bias, kernel, cache)
         return x + self.ff(self.ff_norm(x))
@@ -51,27 +51,31 @@ class Decoder(nn.Module):
         self.rotary_q_multiplier = 1.0 if cfg.use_qk_norm else cfg.dim_head**-0.5
         self.alibi = Alibi(cfg.alibi_num_heads, cfg.heads) if cfg.alibi_pos_bias else None
         self.norm = LayerNorm(cfg.dim)
+        self.kernel: AttentionKernel | None = None  # set_kernel: one kernel for every forward
 
-    def kernel_for(self, device: torch.device, q_len: int, k_len: int) -> str:
+    def set_kernel(self, kernel: AttentionKernel | None) -> None:
+        """Use `kernel` for every forward (None: choose per device, `kernel_for`), e.g. the memory planner's
+        stand-in for a kernel it cannot run."""
+        self.kernel = kernel
+
+    def kernel_for(self, device: torch.device, q_len: int, k_len: int) -> AttentionKernel:
         """reference math without `attn_flash`; else FlexAttention on CUDA (or when asked),
-        SDPA otherwise. Cached decoding (q_len != k_len) uses SDPA: its bias is only q_len rows."""
+        SDPA otherwise. Cached decoding (q_len != k_len) uses SDPA where the kernel cannot."""
+        if self.kernel is not None:
+            return self.kernel
         if not self.cfg.attn_flash:
-            return "reference"
+            return REFERENCE
         backend = self.cfg.attn_backend
         if backend == "auto":
             backend = "flex" if device.type == "cuda" else "sdpa"
-        return "sdpa" if backend == "flex" and q_len != k_len else backend
+        kernel = KERNELS[backend]
+        return kernel if kernel.cached or q_len == k_len else SDPA
 
-    def attention_bias(self, kernel: str, q_len: int, k_len: int, device: torch.device,
+    def attention_bias(self, kernel: AttentionKernel, q_len: int, k_len: int, device: torch.device,
                        dtype: torch.dtype) -> AttentionBias:
-        slopes = self.alibi.slopes if self.alibi is not None else None
-        if kernel == "flex":  # mask and ALiBi are computed inside the kernel
-            return AttentionBias(None, slopes)
-        if self.alibi is not None:
-            return AttentionBias(self.alibi.dense_bias(q_len, k_len, dtype), slopes)
-        if kernel == "sdpa" and q_len == k_len:
-            return AttentionBias(None, None)  # SDPA's is_causal
-        return AttentionBias(causal_bias(q_len, k_len, device, dtype), None)
+        alibi = self.alibi
+        return kernel.bias(alibi.dense_bias if alibi is not None else None,
+                           alibi.slopes if alibi is not None else None, q_len, k_len, device, dtype)
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # (b, n, dim) -> (b, n, dim)
         n = x.shape[1]

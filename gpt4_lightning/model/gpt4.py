@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .autoregressive import AutoregressiveWrapper
 from .config import GPT4Config
+from .kernels import AttentionBias, AttentionKernel
 from .transformer import Transformer
 
 logger = logging.getLogger(__name__)
@@ -112,8 +113,50 @@ class GPT4(AutoregressiveWrapper):
         with torch.device("meta"):
             model = cls.from_config(config)
         model.load_state_dict(load_file(str(weights), device=str(device)), strict=True, assign=True)
-        model.net.materialize_buffers(torch.device(device))
+        model.materialize_buffers(torch.device(device))
         return model.eval()
+
+    # --- what parallelism, the memory planner and checkpoint loading use (they never walk `net.decoder`) ---
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The decoder blocks: the unit activation checkpointing, compile and FSDP wrap (`blocks[i] = wrap(...)`)."""
+        return self.net.decoder.blocks
+
+    @property
+    def root(self) -> nn.Module:
+        """The module whose forward runs the whole network (`forward`, `loss` and `generate` call it): FSDP's
+        root unit; it holds every parameter outside the blocks (embeddings, final norm, logits head)."""
+        return self.net
+
+    def init_modules(self) -> list[tuple[str, nn.Module]]:
+        """The modules `init_weights` initialises, by their canonical (state-dict) name: what a sharded
+        initialisation (`training.parallelize.init_sharded_weights`) visits one by one."""
+        return self.net.init_modules()
+
+    def materialize_buffers(self, device: torch.device) -> None:
+        """Recompute non-persistent buffers (rotary frequencies, ALiBi slopes) left on the meta device, e.g.
+        after loading weights with `assign=True` into a model built on meta."""
+        self.net.materialize_buffers(device)
+
+    def set_attention_kernel(self, kernel: AttentionKernel | None) -> None:
+        """Run every attention with `kernel` (None: the default choice per device and `attn_backend`)."""
+        self.net.decoder.set_kernel(kernel)
+
+    def attention_bias(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> AttentionBias:
+        """The bias a forward of `seq_len` tokens on `device` hands every block (the dense ALiBi bias is
+        built once and cached across forwards)."""
+        decoder = self.net.decoder
+        return decoder.attention_bias(decoder.kernel_for(device, seq_len, seq_len), seq_len, seq_len, device, dtype)
+
+    @property
+    def checks_token_values(self) -> bool:
+        """Whether forward checks every token id is in [0, num_tokens); off where tensors carry no values
+        (the memory planner's fake tensors). Shapes and lengths are always checked."""
+        return self.net.check_token_values
+
+    @checks_token_values.setter
+    def checks_token_values(self, value: bool) -> None:
+        self.net.check_token_values = value
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -6,12 +6,15 @@ last `q_len` positions of `k_len` attend (right-aligned causal mask, as with a K
 Three paths, numerically equal (tests): `reference_attention` (plain matmul + softmax),
 `sdpa_attention` (PyTorch fused SDPA with a cached additive bias), `flex_attention_causal`
 (FlexAttention: causal block mask and ALiBi `score_mod` computed inside the kernel, nothing
-n×n in memory; compiled on CUDA).
+n×n in memory; compiled on CUDA). Each is wrapped in an `AttentionKernel` that says which bias it
+takes, so the decoder builds the right one without knowing the kernels by name.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -104,4 +107,38 @@ def flex_attention_causal(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) 
                                        enable_gqa=k.shape[1] != q.shape[1])
 
 
-KERNELS = {"reference": reference_attention, "sdpa": sdpa_attention, "flex": flex_attention_causal}
+@dataclass(frozen=True)
+class AttentionKernel:
+    """A causal attention kernel and the bias it takes.
+
+    dense_alibi: ALiBi as a dense additive bias (with the causal mask folded in); else the slopes go to
+        the kernel, which computes the bias itself.
+    dense_mask: the causal mask as a dense bias even without ALiBi; else the kernel masks (SDPA's
+        `is_causal`, Flex's block mask) whenever q_len == k_len.
+    cached: takes q_len != k_len (KV-cache decoding); the decoder falls back to SDPA for kernels that do not.
+    """
+
+    name: str
+    fn: Callable[[Tensor, Tensor, Tensor, AttentionBias], Tensor]
+    dense_alibi: bool
+    dense_mask: bool
+    cached: bool = True
+
+    def bias(self, alibi_dense: Callable[[int, int, torch.dtype], Tensor] | None, slopes: Tensor | None,
+             q_len: int, k_len: int, device: torch.device, dtype: torch.dtype) -> AttentionBias:
+        """The bias for `q_len` queries over `k_len` keys: `alibi_dense(q_len, k_len, dtype)` builds (or returns
+        the cached) dense ALiBi + causal bias, `slopes` are the ALiBi slopes; both None without ALiBi."""
+        if alibi_dense is not None and self.dense_alibi:
+            return AttentionBias(alibi_dense(q_len, k_len, dtype), None)
+        if self.dense_mask or q_len != k_len:
+            return AttentionBias(causal_bias(q_len, k_len, device, dtype), slopes)
+        return AttentionBias(None, slopes)
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) -> Tensor:
+        return self.fn(q, k, v, bias)
+
+
+REFERENCE = AttentionKernel("reference", reference_attention, dense_alibi=True, dense_mask=True)
+SDPA = AttentionKernel("sdpa", sdpa_attention, dense_alibi=True, dense_mask=False)
+FLEX = AttentionKernel("flex", flex_attention_causal, dense_alibi=False, dense_mask=False, cached=False)
+KERNELS = {kernel.name: kernel for kernel in (REFERENCE, SDPA, FLEX)}

@@ -22,8 +22,9 @@ def canonical_name(name: str) -> str:
     return ".".join(part for part in name.split(".") if part not in ("_checkpoint_wrapped_module", "_orig_mod"))
 
 
-def check_tokens(tokens: Tensor, cfg: GPT4Config, offset: int = 0) -> None:
-    """Raise `ValueError` naming the problem for a token tensor the model cannot take."""
+def check_tokens(tokens: Tensor, cfg: GPT4Config, offset: int = 0, values: bool = True) -> None:
+    """Raise `ValueError` naming the problem for a token tensor the model cannot take (`values`: also the ids,
+    which reads the tensor)."""
     if not isinstance(tokens, Tensor):
         raise ValueError(f"tokens must be a torch.Tensor of shape (batch, seq_len), got {type(tokens).__name__}")
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
@@ -38,7 +39,8 @@ def check_tokens(tokens: Tensor, cfg: GPT4Config, offset: int = 0) -> None:
             f"sequence length {end} exceeds max_seq_len={cfg.max_seq_len} and use_abs_pos_emb=True has no "
             f"positions past it; shorten the input to <= {cfg.max_seq_len} tokens or raise max_seq_len"
         )
-    if tokens.device.type != "meta" and tokens.numel() and bool(((tokens < 0) | (tokens >= cfg.num_tokens)).any()):
+    outside = values and tokens.device.type != "meta" and tokens.numel()
+    if outside and bool(((tokens < 0) | (tokens >= cfg.num_tokens)).any()):
         lo, hi = int(tokens.min()), int(tokens.max())
         raise ValueError(
             f"token ids must be in [0, num_tokens={cfg.num_tokens}), got values in [{lo}, {hi}]; "
@@ -56,6 +58,7 @@ class Transformer(nn.Module):
         self.abs_pos_emb = AbsolutePositionalEmbedding(cfg.dim, cfg.max_seq_len) if cfg.use_abs_pos_emb else None
         self.decoder = Decoder(cfg)
         self.to_logits = nn.Linear(cfg.dim, cfg.num_tokens, bias=False)
+        self.check_token_values = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -92,7 +95,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
         offset = cache.length if cache is not None else 0
-        check_tokens(tokens, self.cfg, offset)
+        check_tokens(tokens, self.cfg, offset, values=self.check_token_values)
         x = self.token_emb(tokens)  # (b, n, dim)
         if self.abs_pos_emb is not None:
             x = x + self.abs_pos_emb(offset, tokens.shape[1])

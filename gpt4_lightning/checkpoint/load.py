@@ -13,11 +13,10 @@ from typing import Any
 
 import torch
 
-from .model import GPT4, GPT4Config
+from ..model import GPT4, GPT4Config
+from .format import CONFIG_KEY, DCP_METADATA, MODEL_PREFIX, SHARDED_META, describe
 
-PREFIX = "model."  # GPT4LitModule keeps the GPT4 as `self.model`
-SHARDED_META = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor part of a sharded checkpoint
-DCP_METADATA = ".metadata"  # torch.distributed.checkpoint: which tensor lives in which shard file
+PREFIX = MODEL_PREFIX
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -68,11 +67,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 
 def checkpoint_config(path: str | Path, checkpoint: dict[str, Any]) -> GPT4Config:
     """The model config a `GPT4LitModule` checkpoint records."""
-    if not isinstance(checkpoint, dict) or "gpt4_config" not in checkpoint:
+    if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
         raise ValueError(f"ckpt_path={path} was not written by gpt4_lightning.train (no gpt4_config in it); "
                          "pass a checkpoint from a gpt4_lightning run")
     try:
-        return GPT4Config.from_kwargs(**checkpoint["gpt4_config"])
+        return GPT4Config.from_kwargs(**checkpoint[CONFIG_KEY])
     except (TypeError, ValueError) as e:
         raise ValueError(f"ckpt_path={path} records an invalid model config ({e}); the file is damaged or not "
                          "from this version of gpt4_lightning") from e
@@ -158,7 +157,7 @@ def check_resumable(path: str | Path, config: GPT4Config, sharded_ok: bool) -> N
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT4, dict[str, Any]]:
-    """The GPT4 saved in a `GPT4LitModule` checkpoint, in eval mode, and the checkpoint's metadata."""
+    """The GPT4 saved in a `GPT4LitModule` checkpoint, in eval mode, and `format.describe` of the checkpoint."""
     checkpoint = read_checkpoint(path)
     config = checkpoint_config(path, checkpoint)
     with torch.device("meta"):
@@ -172,9 +171,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     else:
         state = {k.removeprefix(PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(PREFIX)}
     model.load_state_dict(state, strict=True, assign=True)  # names and shapes checked above
-    model.net.materialize_buffers(torch.device("cpu"))
-    meta = {k: v for k, v in checkpoint.items() if k in ("global_step", "epoch", "gpt4_data_dir")}
-    return model.to(device).eval(), meta
+    model.materialize_buffers(torch.device("cpu"))
+    return model.to(device).eval(), describe(checkpoint)
 
 
 def _read_sharded_weights(path: Path, model: GPT4) -> dict[str, torch.Tensor]:

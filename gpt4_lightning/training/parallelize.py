@@ -15,57 +15,17 @@ does. Sharding per block lets FSDP free each block's gathered parameters after i
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .model import GPT4
+from ..model import GPT4
+from .config import ParallelConfig
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class ParallelConfig:
-    """The `parallel` config key (`conf/trainer/*.yaml`).
-
-    activation_checkpointing: recompute block activations in backward (memory for compute).
-    ac_every: checkpoint every k-th block only (1 = all).
-    compile: `torch.compile` each decoder block.
-    param_dtype / reduce_dtype: FSDP2 mixed precision ("bf16", "fp32" or None = the params' dtype):
-        params all-gathered and computed in `param_dtype`, gradients reduce-scattered in `reduce_dtype`.
-        "auto" (the config's default; see `for_precision`): bf16 / fp32 with precision=bf16-mixed, else None.
-    reshard_after_forward: free gathered block params after forward (ZeRO-3); False keeps them
-        until backward (ZeRO-2-like: more memory, less communication).
-    """
-
-    activation_checkpointing: bool = False
-    ac_every: int = 1
-    compile: bool = False
-    param_dtype: str | None = None
-    reduce_dtype: str | None = None
-    reshard_after_forward: bool = True
-
-    def __post_init__(self) -> None:
-        if self.ac_every < 1:
-            raise ValueError(f"parallel.ac_every={self.ac_every} must be >= 1 (1 checkpoints every block)")
-        for key in ("param_dtype", "reduce_dtype"):
-            value = getattr(self, key)
-            if value is not None and value not in (*DTYPES, "auto"):
-                raise ValueError(f"parallel.{key}={value!r} must be one of {sorted(DTYPES)}, auto or null")
-
-    def for_precision(self, precision: str) -> ParallelConfig:
-        """Resolve "auto" for Lightning's `precision`: with bf16-mixed, FSDP2 all-gathers bf16 parameters
-        and reduce-scatters fp32 gradients (torchtitan's recipe: half the all-gather traffic, no fp32
-        weights for autocast to cast and cache, fp32 master weights and optimizer state kept); any
-        other precision leaves the parameters' own dtype."""
-        mixed = "bf16-mixed" in precision
-        auto = {"param_dtype": "bf16" if mixed else None, "reduce_dtype": "fp32" if mixed else None}
-        return dataclasses.replace(self, **{k: auto[k] for k in auto if getattr(self, k) == "auto"})
 
 
 def apply_activation_checkpointing(blocks: nn.ModuleList, every: int) -> None:
@@ -85,14 +45,13 @@ def apply_fsdp(model: GPT4, mesh: object, cfg: ParallelConfig) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=DTYPES.get(cfg.param_dtype), reduce_dtype=DTYPES.get(cfg.reduce_dtype))
-    blocks = model.net.decoder.blocks
+    blocks = model.blocks
     for i, block in enumerate(blocks):
         # the last block's params are needed again at once by backward: keep them gathered
         reshard = cfg.reshard_after_forward and i < len(blocks) - 1
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
-    # the root is the Transformer (`model.net`): its forward is what `loss`/`generate` call, and
-    # FSDP's gather/reshard hooks run on forward (GPT4 itself holds no parameters)
-    fully_shard(model.net, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
+    # the root's forward is what `loss`/`generate` call, and FSDP's gather/reshard hooks run on forward
+    fully_shard(model.root, mesh=mesh, mp_policy=mp, reshard_after_forward=cfg.reshard_after_forward)
 
 
 def init_sharded_weights(model: GPT4, seed: int) -> None:
@@ -103,9 +62,9 @@ def init_sharded_weights(model: GPT4, seed: int) -> None:
     """
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    from .model.transformer import module_seed
+    from ..model.transformer import module_seed
 
-    for name, module in model.net.init_modules():
+    for name, module in model.init_modules():
         owners = [module, *(c for c in module.children() if isinstance(c, nn.Linear))]
         swapped = []
         for owner in owners:
@@ -127,7 +86,7 @@ def init_sharded_weights(model: GPT4, seed: int) -> None:
 
 def parallelize(model: GPT4, cfg: ParallelConfig, mesh: object | None = None) -> GPT4:
     """Apply AC → compile → FSDP2 (when a data-parallel `mesh` is given) to `model` in place."""
-    blocks = model.net.decoder.blocks
+    blocks = model.blocks
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(blocks, cfg.ac_every)
     if cfg.compile:

@@ -1,38 +1,34 @@
-"""Hydra wiring shared by the entry points: the config schema, resolvers, and composing `conf/`."""
+"""Devices and trainers: what this machine has, checked before any work (train, generate, evaluate)."""
 
 from __future__ import annotations
 
-import netrc
 import os
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_module
-from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-
-from .model import GPT4Config
-
-CONFIG_MODULE = "gpt4_lightning.conf"
+import torch
+from omegaconf import DictConfig, ListConfig
 
 
-def wandb_offline() -> bool:
-    """wandb logs offline unless the user is logged in (an API key in the environment or ~/.netrc)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return False
+def pick_device(device: str) -> torch.device:
+    """`device=auto|cpu|cuda|cuda:N|...`, checked: a device this machine does not have is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return True
+        picked = torch.device(str(device))
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device} is not a torch device; use auto, cpu, cuda or cuda:<index>") from e
+    if picked.type == "cuda":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus == 0:
+            raise ValueError(f"device={device} but torch sees no CUDA GPU on this machine; use device=cpu (or auto)")
+        if picked.index is not None and picked.index >= gpus:
+            raise ValueError(f"device={device} but this machine has {gpus} GPU(s) (cuda:0 to cuda:{gpus - 1})")
+    return picked
 
 
 def world_size(devices: int | str, num_nodes: int) -> int:
     """Processes a Lightning trainer with these `devices`/`num_nodes` runs ("auto": every GPU, or 1 on CPU)."""
     if devices in ("auto", -1, "-1"):
-        import torch
-
         devices = max(torch.cuda.device_count(), 1)
     return int(devices) * int(num_nodes)
 
@@ -69,8 +65,6 @@ def uses_fsdp(trainer: DictConfig) -> bool:
 def check_trainer(trainer: DictConfig) -> None:
     """What Lightning would reject deep inside `fit` (or accept and regret, like 64 CPU processes on a laptop),
     checked before any work and named by key: devices against this machine, precision, and FSDP's mesh."""
-    import torch
-
     accelerator = str(trainer.get("accelerator", "auto"))
     found = _device_count(trainer.get("devices", "auto"))
     if found is not None and found[0] < 1:
@@ -119,39 +113,3 @@ def check_trainer(trainer: DictConfig) -> None:
                 raise ValueError(f"trainer.strategy.data_parallel_size={dp} must equal the number of processes, "
                                  f"trainer.devices x trainer.num_nodes = {world} (FSDP2 shards over all of them); "
                                  "leave it at its default (all processes)")
-
-
-def register_configs() -> None:
-    """The model group's schema is the `GPT4Config` dataclass itself: YAML presets only fill it,
-    so a misspelt key or a wrongly typed value fails when the config is composed."""
-    schema = OmegaConf.structured(GPT4Config)
-    OmegaConf.set_readonly(schema, False)
-    ConfigStore.instance().store(group="model", name="gpt4_schema", node=schema)
-    if not OmegaConf.has_resolver("wandb_offline"):
-        OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
-    if not OmegaConf.has_resolver("world_size"):
-        OmegaConf.register_new_resolver("world_size", world_size)
-    if not OmegaConf.has_resolver("run_name_or_now"):
-        # outputs/<run_name> when the user names the run (so it can be resumed), else outputs/<date>/<time>
-        OmegaConf.register_new_resolver(
-            "run_name_or_now", lambda name: name if name else datetime.now().strftime("%Y-%m-%d/%H-%M-%S"))
-
-
-def compose_config(config_name: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose `conf/<config_name>.yaml` with overrides outside a Hydra app (tests, notebooks), with
-    `${hydra:...}` resolving as in a run whose output directory is `hydra.run.dir`."""
-    register_configs()
-    with initialize_config_module(CONFIG_MODULE, version_base=None):
-        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
-    OmegaConf.set_readonly(cfg.hydra, False)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = cfg.hydra.run.dir
-        cfg.hydra.job.name = config_name
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
-def config_dir() -> Path:
-    import gpt4_lightning.conf
-
-    return Path(gpt4_lightning.conf.__file__).parent

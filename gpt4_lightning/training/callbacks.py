@@ -17,8 +17,9 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
+from ..memory.rss import current_rss, peak_rss, reset_peak_rss
 from .flops import flops_per_token, matmul_params
-from .memory.rss import current_rss, peak_rss, reset_peak_rss
+from .steps import OptimizerSteps
 
 GIB = 2**30
 
@@ -46,21 +47,20 @@ class ThroughputLogger(L.Callback):
         self._window_start: float | None = None
         self._n_matmul = 0
         self._peak: float | None = None
-        self._last_step = -1
+        self._steps = OptimizerSteps()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._n_matmul = matmul_params(pl_module)
         self._peak = peak_flops(pl_module.device, str(trainer.precision), self.peak_tflops)
         self._window_start, self._window_tokens = time.perf_counter(), 0
+        self._steps.start(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: torch.Tensor, batch_idx: int) -> None:
         batch_tokens = batch.shape[0] * (batch.shape[1] - 1)
         self._window_tokens += batch_tokens
         self.tokens_seen += batch_tokens * trainer.world_size
-        step, stepped = trainer.global_step, trainer.global_step != self._last_step  # False while accumulating
-        self._last_step = step
-        if stepped and step % self.log_every_n_steps == 0:
+        if self._steps.stepped(trainer) and trainer.global_step % self.log_every_n_steps == 0:
             now = time.perf_counter()
             seconds, tokens = now - self._window_start, self._window_tokens
             self._window_start, self._window_tokens = now, 0
@@ -97,7 +97,7 @@ class PeakMemory(L.Callback):
     def __init__(self) -> None:
         self.baseline = 0
         self.cuda = False
-        self._last_step = -1
+        self._steps = OptimizerSteps()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning calls callbacks' setup before configure_model: nothing of the model exists yet
@@ -109,12 +109,12 @@ class PeakMemory(L.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         else:
             reset_peak_rss()
+        self._steps.start(trainer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        step, stepped = trainer.global_step, trainer.global_step != self._last_step  # False while accumulating
-        self._last_step = step
-        if not stepped or step % trainer.log_every_n_steps != 0:  # the all-reduce is a sync: not every batch
+        stepped = self._steps.stepped(trainer)
+        if not stepped or trainer.global_step % trainer.log_every_n_steps != 0:  # the all-reduce is a sync
             return
         if self.cuda:
             peak = torch.cuda.max_memory_allocated(pl_module.device)

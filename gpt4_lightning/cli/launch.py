@@ -5,21 +5,16 @@ Bad input or config (`ValueError`, which `DataError` is; `OSError`; OmegaConf er
 naming the key or file and the fix; a traceback helps nobody there. HYDRA_FULL_ERROR=1 re-raises for the
 traceback. Hydra catches exceptions from the task function itself, so they are handled inside it.
 
-A rejected command leaves the disk as it found it: Hydra writes the run's config (`.hydra/`) and log into
-the run directory before the task starts, so when the task then rejects its input without having written
-anything else there, `RunDirGuard` puts a pre-existing run directory's files back byte for byte and removes
-a run directory this command created.
+A rejected command leaves the disk as it found it (`run_dir.RunDirGuard`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
@@ -27,7 +22,8 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from .data.shards import check_writable_dir
+from ..data.shards import check_writable_dir
+from .run_dir import RunDirGuard
 
 T = TypeVar("T")
 USER_ERRORS = (ValueError, OSError, OmegaConfBaseException, InstantiationException)
@@ -81,7 +77,7 @@ def _override_error(config_name: str, overrides: list[str], exc: Exception) -> s
         key = unknown.group(1)
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         try:
-            from .hydra_config import compose_config
+            from ..config import compose_config
 
             node: Any = compose_config(config_name, rest)
         except Exception:  # the other overrides are broken too: report this one without suggestions
@@ -113,9 +109,20 @@ def _override_error(config_name: str, overrides: list[str], exc: Exception) -> s
         override = text.removeprefix("Error merging override").strip()
         reason = str(cause).split("\n")[0].strip()
         key = override.split("=", 1)[0].lstrip("+~")
-        return f"{override}: {reason}; give {key} a value of the type the config expects"
+        return f"{override}: {reason}; give {key} {_expected(reason)}"
     text = text.split("Config search path")[0]
     return one_line(text.replace("Available options", "; available options"))
+
+
+def _expected(reason: str) -> str:
+    """What OmegaConf's validation message says the key takes, in words."""
+    if "converted to Integer" in reason:
+        return "an integer"
+    if "converted to Float" in reason:
+        return "a number"
+    if "not a valid bool" in reason:
+        return "true or false"
+    return "a value of the type the config expects"
 
 
 def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
@@ -126,92 +133,54 @@ def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
     overrides = argv[1:]
     if any(a.startswith("-") for a in overrides) or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return None
-    from .hydra_config import compose_config
+    from ..config import compose_config
 
     try:
-        return compose_config(config_name, overrides)
+        _check_spelling(overrides)
+        cfg = compose_config(config_name, overrides)
+        _check_booleans(cfg, overrides)
+        return cfg
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {_override_error(config_name, overrides, e)}", file=sys.stderr)
         sys.exit(2)
 
 
-class RunDirGuard:
-    """Undo what Hydra wrote into the run directory (`.hydra/*.yaml`, `<job>.log`) before a task that then
-    rejected its input: a pre-existing run directory gets those files back byte for byte (and their mtimes),
-    a run directory this command created is removed. Only when nothing else in the run directory changed:
-    once the task itself wrote there (checkpoints, metrics), the record of that run is kept whole."""
+def _parsed(overrides: list[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.run_dir = Path(str(cfg.hydra.run.dir)).absolute()
-        self.subdir = cfg.hydra.output_subdir
-        self.job = str(cfg.hydra.job.name)
-        self.saved = {p: self._read(p) for p in self._guarded(self.run_dir)}
-        self.others = self._others(self.run_dir)
-        self.existed = {p for p in (self.run_dir, *self.run_dir.parents) if p.exists()}
-        self.dirs = {Path(root) for root, _, _ in os.walk(self.run_dir)}  # inside it
+    return OverridesParser.create().parse_overrides(overrides)
 
-    def _guarded(self, run_dir: Path) -> list[Path]:
-        files = [run_dir / f"{self.job}.log"]
-        if self.subdir is not None:
-            files += [run_dir / str(self.subdir) / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
-        return files
 
-    @staticmethod
-    def _read(path: Path) -> tuple[bytes, int, int] | None:
-        try:
-            st = path.stat()
-            return path.read_bytes(), st.st_atime_ns, st.st_mtime_ns
-        except OSError:
-            return None
+def _check_spelling(overrides: list[str]) -> None:
+    """The open nodes (`config.schema.OPEN_NODES`: the trainer) take new keys with `+`; without it, a key the
+    schema does not have is a misspelling, as everywhere else."""
+    from dataclasses import fields
 
-    def _others(self, run_dir: Path) -> dict[str, tuple[int, int]]:
-        guarded = set(map(str, self._guarded(run_dir)))
-        found = {}
-        for root, _, files in os.walk(run_dir):
-            for name in files:
-                path = os.path.join(root, name)
-                if path not in guarded:
-                    try:
-                        st = os.lstat(path)
-                    except OSError:
-                        continue
-                    found[os.path.relpath(path, run_dir)] = (st.st_size, st.st_mtime_ns)
-        return found
+    from ..config.schema import OPEN_NODES
 
-    def undo(self) -> None:
-        try:
-            from hydra.core.hydra_config import HydraConfig
+    for override in _parsed(overrides):
+        parts = override.key_or_group.split(".")
+        if len(parts) < 2 or parts[0] not in OPEN_NODES or override.is_add() or override.is_force_add():
+            continue
+        if parts[1] not in {f.name for f in fields(OPEN_NODES[parts[0]])}:
+            raise HydraException(f"Could not override '{parts[0]}.{parts[1]}'.")
 
-            run_dir = Path(HydraConfig.get().runtime.output_dir).absolute()
-        except Exception:
-            return
-        same = run_dir == self.run_dir
-        saved = self.saved if same else dict.fromkeys(self._guarded(run_dir))
-        if self._others(run_dir) != (self.others if same else {}):
-            return  # the task wrote into the run directory: keep everything
-        for path, before in saved.items():
-            try:
-                if before is None:
-                    path.unlink(missing_ok=True)
-                elif (self._read(path) or (None, 0, None))[::2] != before[::2]:  # content or mtime changed
-                    path.write_bytes(before[0])
-                    os.utime(path, ns=before[1:])
-            except OSError:
-                pass
-        # remove the directories this command created (rmdir: only empty ones): inside the run directory (e.g. an
-        # empty logs/), then the run directory and its parents up to the first that existed
-        existed = self.existed | (self.dirs if same else set())
-        for root, _, _ in os.walk(run_dir, topdown=False):
-            if Path(root) != run_dir and Path(root) not in existed:
-                with contextlib.suppress(OSError):
-                    os.rmdir(root)
-        for directory in (run_dir, *run_dir.parents):
-            if directory in existed:
-                break
-            try:
-                directory.rmdir()
-            except OSError:
-                break
+
+def _check_booleans(cfg: DictConfig, overrides: list[str]) -> None:
+    """A boolean is spelled true or false: OmegaConf would also take yes/no/on/off/y/n, which on the command
+    line are more often a mistake (`parallel.compile=no` meant as a string, a typo) than a choice."""
+    from omegaconf.nodes import BooleanNode
+
+    for override in _parsed(overrides):
+        if override.is_delete() or override.is_sweep_override() or isinstance(override.value(), bool):
+            continue
+        key = override.key_or_group
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        if isinstance(node, DictConfig) and leaf in node and isinstance(node._get_node(leaf), BooleanNode):
+            value = override.value()
+            raise OmegaConfBaseException(f"{key}={value}: a boolean is true or false, got {value!r}; write "
+                                         f"{key}=true or {key}=false")
 
 
 def _is_rank_zero() -> bool:
@@ -222,7 +191,7 @@ def launch(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
     """The body of every `python -m gpt4_lightning.<entry>`: register the config schema and resolvers,
     pre-check the overrides and that the run directory can be made, then run `fn` on the composed config
     as a Hydra app (`conf/<config_name>.yaml`, which names the job), turning user errors into one line."""
-    from .hydra_config import register_configs
+    from ..config import register_configs
 
     register_configs()
     cfg = check_overrides(config_name, sys.argv)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model.embedding import AbsolutePositionalEmbedding, TokenEmbedding
+from ..model.embedding import AbsolutePositionalEmbedding, TokenEmbedding
 
 DECAYED_MODULES = (nn.Linear, TokenEmbedding, AbsolutePositionalEmbedding)
 

@@ -1,0 +1,123 @@
+"""Atomic checkpoints: a kill at any moment leaves `last.ckpt` pointing at a complete checkpoint.
+
+`AtomicCheckpoint` writes each checkpoint (a file, or a torch.distributed.checkpoint directory under
+FSDP) under a hidden temporary name, and only when every rank has finished does rank 0 fsync it and
+rename it to `stepNNNNNN.ckpt`, then repoint the `last.ckpt` symlink with an atomic rename. A kill at
+any moment therefore leaves `last.ckpt` pointing at a complete checkpoint; a half-written one is a
+`.tmp-*` entry, removed at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from .paths import LAST, STEP_NAME, TEMPORARY_PREFIX, step_name
+
+log = logging.getLogger(__name__)
+
+
+def _fsync_tree(path: Path) -> None:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(path if path.is_dir() else path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+class AtomicCheckpoint(L.Callback):
+    """Checkpoints every `every_n_train_steps` optimizer steps and at the end of training, as
+    `dirpath/stepNNNNNN.ckpt` with `dirpath/last.ckpt` a symlink to the newest. `keep_last_k` keeps that
+    many step checkpoints (None: all); the one `last.ckpt` points at is never deleted."""
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100, keep_last_k: int | None = None) -> None:
+        if keep_last_k is not None and keep_last_k < 1:
+            raise ValueError(f"keep_last_checkpoints={keep_last_k} must be >= 1 or null (keep all)")
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps, self.keep_last_k = every_n_train_steps, keep_last_k
+        self.last_saved_step: int | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / LAST
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            for stale in self.dirpath.glob(TEMPORARY_PREFIX + "*"):  # a save interrupted by a kill
+                log.warning("removing incomplete checkpoint %s (a save was interrupted)", stale)
+                _remove(stale)
+        trainer.strategy.barrier("AtomicCheckpoint.setup")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_train_steps == 0 and step != self.last_saved_step:
+            self.save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self.last_saved_step:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> Path:
+        """Write the trainer's full state at this step; every rank calls it."""
+        step = trainer.global_step
+        final = self.dirpath / step_name(step)
+        tmp = self.dirpath / f"{TEMPORARY_PREFIX}{final.name}"
+        if trainer.is_global_zero:
+            _remove(tmp)
+        trainer.strategy.barrier("AtomicCheckpoint.before_save")
+        self.last_saved_step = step  # part of the state being written
+        trainer.save_checkpoint(tmp)  # all ranks write (sharded) or rank 0 (plain), then a barrier
+        if trainer.is_global_zero:
+            _fsync_tree(tmp)
+            if final.exists() or final.is_symlink():  # the same step saved again (e.g. resumed at the end)
+                trash = self.dirpath / f"{TEMPORARY_PREFIX}old-{final.name}"
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                _remove(trash)
+            else:
+                os.replace(tmp, final)
+            link = self.dirpath / f"{TEMPORARY_PREFIX}{LAST}"
+            _remove(link)
+            os.symlink(final.name, link)
+            os.replace(link, self.last_path)  # atomic: last.ckpt is never missing nor partial
+            _fsync_dir(self.dirpath)
+            self._rotate(keep=final)
+            log.info("checkpoint saved: %s", final)
+        trainer.strategy.barrier("AtomicCheckpoint.after_save")
+        return final
+
+    def _rotate(self, keep: Path) -> None:
+        if self.keep_last_k is None:
+            return
+        steps = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := STEP_NAME.match(p.name)))
+        for _, path in steps[: -self.keep_last_k]:
+            if path != keep:
+                _remove(path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_saved_step": self.last_saved_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_saved_step = state_dict.get("last_saved_step")

@@ -1,0 +1,34 @@
+"""`python -m gpt4_lightning.prepare [data=stdlib|files|hf_hub] [tokenizer=bpe|file|hub] [key=value ...]`
+
+Tokenizes a corpus into shards (see `gpt4_lightning.data.prepare`), or finds them already
+prepared. Prints a summary line and, last, the prepared directory, so scripts can take it
+with `DIR=$(python -m gpt4_lightning.prepare ... | tail -n 1)`.
+
+Bad input or config exits with status 1 and a single line `error: <message>` on stderr (the
+message names the file or key and the fix); a traceback helps nobody there. Set
+HYDRA_FULL_ERROR=1 to get the traceback anyway. Hydra catches exceptions raised from the task
+function itself, so they are handled here.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..config import to_typed
+from ..data.prepare import prepare, summary
+from ..data.shards import Manifest
+from .launch import launch
+
+
+def run(cfg: DictConfig) -> None:
+    out = prepare(to_typed(cfg))
+    print(summary(Manifest.load(out)))
+    print(out)
+
+
+def main() -> None:
+    launch("prepare", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The typed config tree: one dataclass per entry point, made of the groups' dataclasses.
+
+`conf/<entry>.yaml` starts its defaults list with `<entry>_schema` (registered from here), so Hydra types
+every group and key against these classes at compose time: `parallel.compile=no` is False, `seed=abc` and
+`parallel.compile=maybe` fail naming the key. The YAML files hold values and comments; these hold types and
+range checks (`__post_init__`, run by `to_object` before any work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.config import PrepareConfig
+from ..model.config import GPT4Config
+from ..training.config import NONFINITE_MODES, OptimConfig, ParallelConfig, SchedulerConfig, TrainerConfig
+
+
+@dataclass
+class TrainConfig(PrepareConfig):
+    """`python -m gpt4_lightning.train`: the model, data (prepared on the way), trainer and run keys."""
+
+    model: GPT4Config = field(default_factory=GPT4Config)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    run_name: str | None = None  # names the run directory (outputs/<run_name>); reuse it to resume
+    ckpt_path: str | None = None  # null | last | auto | a checkpoint path (see checkpoint.paths)
+    seed: int = 1234
+    peak_tflops: float | None = None  # one device's peak for MFU; null: Lightning's table of known GPUs
+    checkpoint_every_n_steps: int = 100
+    keep_last_checkpoints: int | None = None
+    nonfinite: str = "skip"  # skip | stop
+    nonfinite_max_consecutive: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.checkpoint_every_n_steps <= 0:
+            raise ValueError(f"checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be an integer > 0")
+        if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
+            raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1 or null (keep all)")
+        if self.nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite={self.nonfinite!r} must be 'skip' or 'stop'")
+        if self.nonfinite_max_consecutive < 0:
+            raise ValueError(f"nonfinite_max_consecutive={self.nonfinite_max_consecutive} must be >= 0")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"peak_tflops={self.peak_tflops} must be > 0 or null")
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
+                             "lower data.seq_len or raise model.max_seq_len")
+
+
+@dataclass
+class GenerateConfig:
+    """`python -m gpt4_lightning.generate`: sample from a checkpoint."""
+
+    ckpt_path: str = "???"
+    prompt: str = "def fib(n):"
+    max_new_tokens: int = 128
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = 50
+    top_p: float | None = None
+    num_samples: int = 1
+    stop_at_eos: bool = True
+    seed: int = 1234
+    device: str = "auto"
+    tokenizer_path: str | None = None  # null: the tokenizer.json of the data the checkpoint was trained on
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples={self.num_samples} must be an integer >= 1")
+
+
+@dataclass
+class EvaluateConfig:
+    """`python -m gpt4_lightning.evaluate`: loss and perplexity of a checkpoint on a split."""
+
+    ckpt_path: str = "???"
+    data_dir: str | None = None  # null: the data the checkpoint was trained on
+    split: str = "val"
+    seq_len: int = 256
+    batch_size: int = 8
+    max_batches: int | None = None  # null: the whole split
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "val"):
+            raise ValueError(f"split={self.split} is not a split of a prepared data directory; use split=val or "
+                             "split=train")
+        for key in ("seq_len", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be an integer >= 1")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ValueError(f"max_batches={self.max_batches} must be an integer >= 1, or null for the whole split")
+
+
+@dataclass
+class ExportConfig:
+    """`python -m gpt4_lightning.export`: consolidate a checkpoint into safetensors + config.json."""
+
+    ckpt_path: str = "???"
+    out: str = "???"
+
+
+SCHEMAS = {"train": TrainConfig, "prepare": PrepareConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig,
+           "export": ExportConfig}
+# nodes that take new keys with `+key=value` (passed through to what they instantiate)
+OPEN_NODES = {"trainer": TrainerConfig}

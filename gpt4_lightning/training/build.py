@@ -1,0 +1,45 @@
+"""From a composed train config to what `Trainer.fit` takes: checked first, then built.
+
+Everything a run could reject is checked before any work (types at compose time; here the ranges, the
+trainer against this machine, the checkpoint against the model, the data against the model), so a bad command
+fails in a second with one line and changes nothing on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from ..checkpoint.load import check_resumable
+from ..config import TrainConfig, to_typed
+from ..data.datamodule import GPT4DataModule
+from ..data.prepare import prepare
+from .devices import check_trainer, uses_fsdp
+from .module import GPT4LitModule
+
+
+def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
+    """The module, data and trainer `cfg` describes (data prepared on the way, if needed), checked against
+    the checkpoint `ckpt_path` (resolved by `checkpoint.paths.resolve_ckpt_path`) it will resume from."""
+    run: TrainConfig = to_typed(cfg)  # the range checks of every group
+    check_trainer(cfg.trainer)
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
+    data_dir = prepare(run)
+    datamodule = GPT4DataModule(data_dir, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                                num_workers=run.data.num_workers, seed=run.data.seed, verify=run.data.verify,
+                                max_token_id=run.model.num_tokens)
+    datamodule.setup()  # the manifest, vocab and window checks now, before a trainer or model exists
+    module = GPT4LitModule(model=run.model, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.scheduler),
+                           data_dir=str(data_dir), parallel=run.parallel.for_precision(str(run.trainer.precision)),
+                           init_seed=run.seed)
+    trainer = instantiate(cfg.trainer)
+    return module, datamodule, trainer
+
+
+def callback(trainer: L.Trainer, kind: type) -> Any:
+    """The trainer's callback of type `kind`, or None."""
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)

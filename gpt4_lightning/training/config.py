@@ -1,0 +1,127 @@
+"""The typed configs of the training groups: `optim`, `scheduler`, `trainer`, and the `parallel` key.
+
+Hydra types every value against these at compose time (a misspelt key or a wrongly typed value fails before
+anything runs); `__post_init__` holds the range checks, run when a composed config becomes these objects.
+`optim`, `scheduler` and `trainer` are Hydra `_target_` nodes: `instantiate` builds what they describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FSDP_DTYPES = ("fp32", "bf16", "fp16")
+NONFINITE_MODES = ("skip", "stop")  # training.nonfinite.NonFiniteGuard
+
+
+@dataclass
+class ParallelConfig:
+    """The `parallel` key: what `parallelize` applies to the model, on any trainer.
+
+    activation_checkpointing: recompute block activations in backward (memory for compute).
+    ac_every: checkpoint every k-th block only (1 = all).
+    compile: `torch.compile` each decoder block.
+    param_dtype / reduce_dtype: FSDP2 mixed precision ("bf16", "fp32", "fp16" or None = the params' dtype):
+        params all-gathered and computed in `param_dtype`, gradients reduce-scattered in `reduce_dtype`.
+        "auto" (the default; see `for_precision`): bf16 / fp32 with precision=bf16-mixed, else None.
+    reshard_after_forward: free gathered block params after forward (ZeRO-3); False keeps them
+        until backward (ZeRO-2-like: more memory, less communication).
+    """
+
+    activation_checkpointing: bool = False
+    ac_every: int = 1
+    compile: bool = False
+    param_dtype: str | None = "auto"
+    reduce_dtype: str | None = "auto"
+    reshard_after_forward: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ac_every < 1:
+            raise ValueError(f"parallel.ac_every={self.ac_every} must be >= 1 (1 checkpoints every block)")
+        for key in ("param_dtype", "reduce_dtype"):
+            value = getattr(self, key)
+            if value is not None and value not in (*FSDP_DTYPES, "auto"):
+                raise ValueError(f"parallel.{key}={value!r} must be one of {sorted(FSDP_DTYPES)}, auto or null")
+
+    def for_precision(self, precision: str) -> ParallelConfig:
+        """Resolve "auto" for Lightning's `precision`: with bf16-mixed, FSDP2 all-gathers bf16 parameters
+        and reduce-scatters fp32 gradients (torchtitan's recipe: half the all-gather traffic, no fp32
+        weights for autocast to cast and cache, fp32 master weights and optimizer state kept); any
+        other precision leaves the parameters' own dtype."""
+        mixed = "bf16-mixed" in precision
+        auto = {"param_dtype": "bf16" if mixed else None, "reduce_dtype": "fp32" if mixed else None}
+        return dataclasses.replace(self, **{k: auto[k] for k in auto if getattr(self, k) == "auto"})
+
+
+@dataclass
+class OptimConfig:
+    """`optim`: AdamW (`_partial_`: the module hands it the weight-decay parameter groups)."""
+
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr={self.lr} must be a number > 0")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"optim.weight_decay={self.weight_decay} must be a number >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas={list(self.betas)} must be two numbers in [0, 1)")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps={self.eps} must be a number > 0")
+
+
+@dataclass
+class SchedulerConfig:
+    """`scheduler`: the lr multiplier per optimizer step, linear warmup then cosine to `min_lr_ratio` at
+    `total_steps` (`training.optim.warmup_cosine`). `scheduler=constant` is the same with no warmup and
+    `min_lr_ratio=1`: optim.lr throughout."""
+
+    _target_: str = "gpt4_lightning.training.optim.warmup_cosine_scheduler"
+    _partial_: bool = True
+    warmup_steps: int = 0
+    total_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  # an interpolation until resolved
+    min_lr_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"scheduler.warmup_steps={self.warmup_steps} must be >= 0")
+        if isinstance(self.total_steps, int) and self.total_steps < 1:  # (a str: the schema's own interpolation)
+            raise ValueError(f"scheduler.total_steps={self.total_steps} must be >= 1")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"scheduler.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass
+class TrainerConfig:
+    """`trainer`: the `lightning.Trainer` arguments this project sets, typed. Any other Trainer argument can be
+    added with `+trainer.<name>=<value>` (the node is open to new keys; Lightning checks them)."""
+
+    _target_: str = "lightning.Trainer"
+    accelerator: str = "auto"
+    devices: Any = 1  # a count, a list of indices, or "auto"
+    num_nodes: int = 1
+    max_steps: int = 600
+    val_check_interval: Any = 100  # int: training batches between validations; float: a fraction of an epoch
+    check_val_every_n_epoch: int | None = None
+    limit_val_batches: Any = 20  # int: batches; float: a fraction
+    log_every_n_steps: int = 10
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    default_root_dir: str | None = None
+    enable_progress_bar: bool = True
+    enable_checkpointing: bool = False  # checkpoints come from checkpoint.AtomicCheckpoint
+    precision: str | None = "32-true"
+    strategy: Any = "auto"  # "ddp", or a strategy node (conf/trainer/fsdp.yaml)
+    logger: Any = None
+    callbacks: Any = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_steps", "accumulate_grad_batches", "log_every_n_steps", "num_nodes"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"trainer.{key}={getattr(self, key)} must be an integer > 0")

@@ -1,0 +1,101 @@
+"""`GPT4LitModule`: the GPT4 and its autoregressive loss as a LightningModule.
+
+It holds the steps, the optimizer set-up and the model build, nothing else: the non-finite guard, throughput,
+memory, checkpointing and signals are callbacks (`conf/callbacks/default.yaml`), the checkpoint's extra keys
+belong to `gpt4_lightning.checkpoint.format`, and parallelism is applied from outside (`parallelize`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
+
+from ..checkpoint import format as checkpoint_format
+from ..model import GPT4, GPT4Config
+from .config import ParallelConfig
+from .optim import weight_decay_groups
+from .parallelize import init_sharded_weights, parallelize
+
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+class GPT4LitModule(L.LightningModule):
+    """Trains a `GPT4` on `(batch, seq_len + 1)` token windows with next-token cross-entropy.
+
+    The model is built in `configure_model`, not `__init__`, so that a sharding strategy can
+    create it on the meta device and shard it before any weight exists.
+    `optimizer` / `scheduler` are factories (Hydra `_partial_`): parameter groups -> optimizer,
+    optimizer -> per-step scheduler. `data_dir` is recorded in checkpoints (its manifest names the
+    tokenizer); `init_seed` seeds the weights per module, so 1 process, DDP and FSDP2 start identical.
+    """
+
+    def __init__(self, model: GPT4Config | dict[str, Any], optimizer: OptimizerFactory,
+                 scheduler: SchedulerFactory | None = None, data_dir: str | None = None,
+                 parallel: ParallelConfig | None = None, init_seed: int | None = None) -> None:
+        super().__init__()
+        self.model_config = model if isinstance(model, GPT4Config) else GPT4Config.from_kwargs(**model)
+        self.parallel = parallel or ParallelConfig()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.data_dir, self.init_seed = data_dir, init_seed
+        self.model: GPT4 | None = None
+        self.val_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        """Build on the meta device, apply parallelism (FSDP2 shards it when the strategy gives a mesh),
+        then allocate and initialise only what this rank holds: the same path for one device, DDP
+        and FSDP2, and a 2B model never exists whole on a rank."""
+        if self.model is not None:
+            return
+        mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2), else None
+        with torch.device("meta"):
+            model = GPT4.from_config(self.model_config)
+        parallelize(model, self.parallel, mesh["data_parallel"] if mesh is not None else None)
+        model.to_empty(device=self.device)
+        with torch.no_grad():
+            if self.init_seed is None:
+                model.init_weights()
+            elif mesh is None:
+                model.init_weights(self.init_seed)
+            else:
+                init_sharded_weights(model, self.init_seed)
+        self.model = model
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.model.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # mean over ranks: the global batch's loss
+        self.log("train/ppl", torch.exp(loss.detach().clamp(max=30)))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # also with logger=none (no LR monitor)
+        return loss
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self.val_loss.update(self.model.loss(batch), weight=batch.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # synced over ranks
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss.clamp(max=30)))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(weight_decay_groups(self.model))
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint_format.save_extras(checkpoint, self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint_format.load_extras(checkpoint)
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 30.0))
