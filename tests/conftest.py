@@ -75,6 +75,12 @@ def step_losses(run_dir: Path) -> dict[int, float]:
     """step -> train loss; a step logged twice (before a kill and after the resume) keeps the later value."""
     return dict(logged_losses(run_dir))
 
+
+def step_metric(run_dir: Path, key: str) -> dict[int, float]:
+    """step -> the value of metric `key` in a run's metrics.csv (the later row where a step was logged twice)."""
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
 # --- a real one-node Slurm cluster (tests/slurm_cluster.py; tests/test_slurm.py) --------------------------
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gpt4_lightning import GPT4
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -21,12 +23,23 @@ def test_model_throughput_quick(tmp_path):
     assert "model" in proc.stdout and "tokens/s" in proc.stdout and "vs xt_model" in proc.stdout
 
     report = json.loads(out.read_text())
+    medians = report["medians"]
+    # the quick config (bench/model_throughput.py QUICK): the same architecture in all three, built here too
+    quick = GPT4(num_tokens=256, max_seq_len=64, dim=64, depth=2, dim_head=16, heads=4, alibi_num_heads=2)
+    n_params = sum(p.numel() for p in quick.parameters())
     for name in ("gpt4", "xt_model", "xt_arwrapper"):
-        assert report["medians"][name]["tokens_per_s_median"] > 0
-        assert report["medians"][name]["peak_mib"] >= 0
-    for key in ("gpt4_vs_xt_model_tokens_per_s", "gpt4_vs_xt_arwrapper_tokens_per_s",
-                "gpt4_vs_xt_model_peak_mem"):
-        assert report["ratios"][key] > 0
+        m = medians[name]
+        assert m["params"] == n_params, (name, m["params"], n_params)
+        assert 0 < m["tokens_per_s_min"] <= m["tokens_per_s_median"] <= m["tokens_per_s_max"]
+        # peak RSS growth in MiB over building and 3 AdamW steps of a 0.1M-parameter model: above nothing,
+        # below 512 MiB (a count in bytes or KiB would be far above)
+        assert 0 < m["peak_mib"] < 512, (name, m["peak_mib"])
+    ratios = report["ratios"]
+    for ref in ("xt_model", "xt_arwrapper"):
+        assert ratios[f"gpt4_vs_{ref}_tokens_per_s"] == pytest.approx(
+            medians["gpt4"]["tokens_per_s_median"] / medians[ref]["tokens_per_s_median"], rel=1e-9)
+    assert ratios["gpt4_vs_xt_model_peak_mem"] == pytest.approx(
+        medians["gpt4"]["peak_mib"] / medians["xt_model"]["peak_mib"], rel=1e-9)
     assert report["config"]["seq"] == 64 and report["machine"]["cpu_count"] >= 1
     assert len(report["rounds"]) == 1
 

@@ -1,6 +1,10 @@
-"""Throughput metrics: tokens seen, tokens/s, TFLOP/s from the documented formula, MFU when a peak is given."""
+"""Throughput metrics: tokens seen, tokens/s, TFLOP/s from the documented formula, MFU when a peak is given
+(the world-size factor: tests/test_distributed_cli.py, 2 DDP/FSDP processes)."""
+
+from types import SimpleNamespace
 
 import lightning as L
+import pytest
 import torch
 from conftest import TINY
 
@@ -18,20 +22,54 @@ class Recorder(L.Callback):
         self.metrics.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(self.prefix)})
 
 
-def test_throughput_metrics():
+class FakeClock(L.Callback):
+    """A deterministic `time.perf_counter` for the callbacks module: (batch_idx + 1)² seconds from the start
+    of batch `batch_idx` on, 0 before the first batch (what ThroughputLogger reads at on_train_start)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.now = float((batch_idx + 1) ** 2)
+
+
+def test_throughput_metrics(monkeypatch):
+    from gpt4_lightning.training import callbacks
+
+    clock = FakeClock()
+    monkeypatch.setattr(callbacks, "time", SimpleNamespace(perf_counter=clock.perf_counter))
     module = GPT4LitModule(GPT4Config(**TINY), optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3))
     throughput, recorder = ThroughputLogger(log_every_n_steps=2, peak_tflops=0.5), Recorder()
     trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[throughput, recorder])
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[clock, throughput, recorder])
     tokens = torch.randint(0, TINY["num_tokens"], (24, 33))
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(tokens, batch_size=4))
-    last = recorder.metrics[-1]
-    assert last["perf/tokens_seen"] == 6 * 4 * 32  # one process: all ranks' tokens = this rank's
-    assert last["perf/tokens_per_s"] == last["perf/device_tokens_per_s"] > 0
+    assert len(recorder.metrics) == 6 and recorder.metrics[0] == {}  # nothing logged before step 2
     per_token = flops_per_token(module.model_config, matmul_params(module.model), 32)
-    assert abs(last["perf/device_tflops"] - last["perf/device_tokens_per_s"] * per_token / 1e12) < 1e-9
-    assert abs(last["perf/mfu"] - last["perf/device_tflops"] / 0.5) < 1e-9
+    # logged after batches 1, 3, 5 (steps 2, 4, 6), each window 2 batches of 4 x 32 tokens; the fake clock reads
+    # 0 at the start, then 4, 16 and 36 s: windows of 4, 12 and 20 s (a window that never restarted would give
+    # 512 / 16 s and 768 / 36 s)
+    windows = {1: (256, 4.0), 3: (256, 12.0), 5: (256, 20.0)}
+    for i, (window_tokens, seconds) in windows.items():
+        m = recorder.metrics[i]
+        assert m["perf/tokens_seen"] == (i + 1) * 4 * 32  # one process: all ranks' tokens = this rank's
+        tps = window_tokens / seconds
+        assert m["perf/device_tokens_per_s"] == pytest.approx(tps, rel=1e-6)
+        assert m["perf/tokens_per_s"] == pytest.approx(tps, rel=1e-6)  # world size 1
+        assert m["perf/device_tflops"] == pytest.approx(tps * per_token / 1e12, rel=1e-5)
+        assert m["perf/tflops"] == pytest.approx(tps * per_token / 1e12, rel=1e-5)
+        assert m["perf/mfu"] == pytest.approx(tps * per_token / 0.5e12, rel=1e-5)
     assert throughput.state_dict() == {"tokens_seen": 6 * 4 * 32}
+    # the per-token FLOPs by hand for TINY at n = 32 (flops.py: 6 N + 12 L n d): N = the matmul weights
+    # (embedding excluded, the head included): per block q 64x64, k and v 64x16 (one kv head), out 64x64,
+    # feed-forward 64x256 and 256x64; the head 64x256
+    n_matmul = 2 * (64 * 64 + 2 * 64 * 16 + 64 * 64 + 2 * 64 * 256) + 64 * 256
+    assert matmul_params(module.model) == n_matmul
+    assert per_token == 6 * n_matmul + 12 * 2 * 32 * 64
 
 
 def test_peak_memory_callback_logs_peak_above_the_pre_model_baseline():

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from gpt4_lightning import GPT4, GPT4Config
 from gpt4_lightning.config import compose_config, config_dir
@@ -22,13 +24,52 @@ def test_groups_exist():
     assert {"wandb", "csv", "tensorboard", "none"} <= set(GROUPS["logger"])
 
 
+# where each group's options land in the composed config: Lightning's Trainer takes precision, logger and callbacks
+PACKAGES = {"precision": "trainer", "logger": "trainer", "callbacks": "trainer", "experiment": ""}
+
+
+def option_values(group: str, option: str) -> object:
+    """An option file's own values (without its defaults list), unresolved."""
+    values = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
+    if isinstance(values, dict):
+        values.pop("defaults", None)
+    return values
+
+
+def assert_contains(composed: object, values: object, where: str, overridden: set[str]) -> None:
+    """Every value the option file sets is in the composed config at the same key (but those the test's
+    required overrides set)."""
+    if isinstance(values, dict):
+        assert isinstance(composed, dict), where
+        for key, value in values.items():
+            assert key in composed, f"{where}.{key}"
+            assert_contains(composed[key], value, f"{where}.{key}".removeprefix("."), overridden)
+    elif where not in overridden:
+        assert composed == values, (where, composed, values)
+
+
 @pytest.mark.parametrize("override", [f"{g}={o}" for g, opts in GROUPS.items() for o in opts])
 def test_every_option_composes_and_resolves(override):
+    group, option = override.split("=")
     cfg = compose_config("train", [override, *REQUIRED.get(override, [])])
-    for key in cfg:  # every interpolation resolves (hydra's own sweep keys need a running sweep)
-        if key != "hydra":
-            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-    GPT4Config.from_kwargs(**OmegaConf.to_container(cfg.model))  # the model's typed contract accepts it
+    # the option is what got composed: each of its values at its package (unresolved: interpolations as written)
+    package, values = PACKAGES.get(group, group), option_values(group, option)
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    node = composed
+    for key in filter(None, package.split(".")):
+        node = node[key]
+    overridden = {o.split("=")[0] for o in REQUIRED.get(override, [])}
+    assert_contains(node, values, package, overridden)
+    if group != "experiment":
+        assert OmegaConf.to_container(cfg.hydra.runtime.choices)[group] == option
+    # every interpolation resolves (hydra's own sweep keys need a running sweep)
+    resolved = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+                for key in cfg if key != "hydra"}
+    assert isinstance(resolved["trainer"], dict) and isinstance(resolved["model"], dict)
+    assert not any("${" in str(v) for v in resolved.values())
+    model = GPT4Config.from_kwargs(**resolved["model"])  # the model's typed contract accepts it
+    if group == "model":
+        assert model.to_dict().items() >= values.items()
 
 
 @pytest.mark.parametrize("preset", GROUPS["model"])
@@ -59,11 +100,15 @@ def test_trainer_optim_scheduler_logger_callbacks_instantiate(tmp_path):
     assert scheduler.get_last_lr()[0] == pytest.approx(cfg.optim.lr / cfg.scheduler.warmup_steps)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("model.dimm=3", "model.dimm"),
-    ("model.heads=abc", "model.heads"),
-    ("model=nope", "model/nope"),
+@pytest.mark.parametrize(("override", "error", "message"), [
+    ("model.dimm=3", ConfigCompositionException, "model.dimm"),  # not in the GPT4Config schema
+    ("model.heads=abc", ConfigCompositionException, "model.heads"),  # not an int
+    ("model=nope", MissingConfigException, "model/nope"),  # no such option
 ])
-def test_bad_overrides_fail_at_compose(override, message):
-    with pytest.raises(Exception, match=message):
+def test_bad_overrides_fail_at_compose(override, error, message):
+    with pytest.raises(error, match=message) as raised:
         compose_config("train", [override])
+    if override == "model.dimm=3":
+        assert isinstance(raised.value.__cause__, ConfigAttributeError)
+    elif override == "model.heads=abc":
+        assert isinstance(raised.value.__cause__, ValidationError)

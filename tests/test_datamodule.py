@@ -21,7 +21,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from gpt4_lightning.data.datamodule import GPT4DataModule
+from gpt4_lightning.data.datamodule import GPT4DataModule, TrainBatches
 from gpt4_lightning.data.shards import DataError, Manifest, Shard, ShardWriter
 
 VOCAB = 60_000
@@ -127,15 +127,32 @@ def test_order_does_not_depend_on_workers(data: Path, workers: int):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_state_counts_delivered_batches(data: Path, workers: int):
+def test_state_counts_delivered_batches(data: Path, workers: int, tmp_path: Path, monkeypatch):
     """Workers run ahead of the consumer; the state is the consumer's position, and a fresh loader loaded
     with it continues exactly, through the end of the epoch into the next one."""
     ref = GPT4DataModule(data, seq_len=SEQ, batch_size=3).make_train_loader()
     want = firsts(ref) + firsts(ref)  # 10 batches per epoch
+    # every batch the dataset produces (in this process or a forked worker) leaves a file in `produced`
+    produced = tmp_path / "produced"
+    produced.mkdir()
+    original = TrainBatches.__iter__
+
+    def counting(self):
+        for i, batch in enumerate(original(self)):
+            (produced / f"{os.getpid()}-{self.epoch}-{i}").touch()
+            yield batch
+
+    monkeypatch.setattr(TrainBatches, "__iter__", counting)
     loader = GPT4DataModule(data, seq_len=SEQ, batch_size=3, num_workers=workers).make_train_loader()
     it = iter(loader)
     got = [next(it)[:, 0].tolist() for _ in range(4)]
-    time.sleep(0.2 if workers else 0)  # let the workers prefetch
+    # the event the state must not count: batches produced but not delivered (workers prefetch 2 each)
+    deadline = time.monotonic() + 30
+    while workers and len(list(produced.iterdir())) < 4 + workers:
+        assert time.monotonic() < deadline, f"the workers produced {len(list(produced.iterdir()))} batches"
+        time.sleep(0.01)
+    count = len(list(produced.iterdir()))
+    assert (count >= 4 + workers) if workers else (count == 4), count  # without workers: produced on demand
     state = loader.state_dict()
     assert (state["epoch"], state["consumed"]) == (0, 12)
     resumed = GPT4DataModule(data, seq_len=SEQ, batch_size=3, num_workers=workers).make_train_loader()
@@ -273,7 +290,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 sys.path.insert(0, {tests!r})
 from test_datamodule import Recorder
 
-from gpt4_lightning.data.datamodule import GPT4DataModule
+from gpt4_lightning.data.datamodule import GPT4DataModule, TrainBatches
 
 data, out, max_steps, ckpt = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 out.mkdir(parents=True, exist_ok=True)

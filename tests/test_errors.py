@@ -1,6 +1,7 @@
 """Bad arguments raise ValueError naming the argument and what is allowed; failures are logged."""
 
 import logging
+import re
 
 import pytest
 import torch
@@ -8,33 +9,51 @@ from conftest import TINY
 
 from gpt4_lightning import GPT4
 
+
+def positive(name: str, value: object) -> str:
+    """The positive-size check's own message (model/config.py `_check_positive_int`), exactly: other checks'
+    messages name the same fields (e.g. `must be in [1, heads=0]`), so the field's name alone proves nothing."""
+    return re.escape(f"{name} must be a positive integer (>= 1), got {value!r}")
+
+
+# (bad arguments, the argument the error must name, the message (a regex) the error and its log line must match)
 BAD_ARGS = [
-    (dict(num_tokens=0), "num_tokens"),
-    (dict(max_seq_len=-1), "max_seq_len"),
-    (dict(dim=0), "dim"),
-    (dict(depth=0), "depth"),
-    (dict(dim_head=-8), "dim_head"),
-    (dict(heads=0), "heads"),
-    (dict(dim=64.0), "dim"),
-    (dict(heads=4, alibi_num_heads=5), "alibi_num_heads"),
-    (dict(alibi_num_heads=0), "alibi_num_heads"),
-    (dict(dim_head=2), "dim_head"),  # rotary split: dim_head // 2 = 1 dim, not a pair
-    (dict(dim_head=6), "dim_head"),  # rotary split: 3 dims, odd
-    (dict(dim_head=2, rotary_xpos=False), "dim_head"),  # qk-norm on 2 dims
-    (dict(rotary_emb_dim=32), "rotary_emb_dim"),  # more than dim_head=16
-    (dict(attn_backend="cudnn"), "attn_backend"),
-    (dict(rotary_xpos="yes"), "rotary_xpos"),
-    (dict(ff_mult=0), "ff_mult"),
-    (dict(attn_qk_norm_scale=-1.0), "attn_qk_norm_scale"),
-    (dict(not_an_arg=1), "not_an_arg"),
+    (dict(num_tokens=0), "num_tokens", positive("num_tokens", 0)),
+    (dict(max_seq_len=-1), "max_seq_len", positive("max_seq_len", -1)),
+    (dict(dim=0), "dim", positive("dim", 0)),
+    (dict(depth=0), "depth", positive("depth", 0)),
+    (dict(dim_head=-8), "dim_head", positive("dim_head", -8)),
+    (dict(heads=0), "heads", positive("heads", 0)),
+    # with ALiBi, rotary-xPos and qk-norm off no other check could name these two: without the size check
+    # the model would build
+    (dict(heads=0, alibi_pos_bias=False), "heads", positive("heads", 0)),
+    (dict(dim_head=-8, alibi_pos_bias=False, rotary_xpos=False, qk_norm=False), "dim_head", positive("dim_head", -8)),
+    (dict(dim=64.0), "dim", positive("dim", 64.0)),
+    (dict(heads=4, alibi_num_heads=5), "alibi_num_heads", r"alibi_num_heads=5 must be in \[1, heads=4\]"),
+    (dict(alibi_num_heads=0), "alibi_num_heads", positive("alibi_num_heads", 0)),
+    (dict(dim_head=2), "dim_head", r"dim_head=2 is too small for the rotary-xPos split"),  # dim_head // 2 = 1
+    (dict(dim_head=6), "dim_head", r"dim_head=6 is too small for the rotary-xPos split"),  # 3 dims, odd
+    (dict(dim_head=2, rotary_xpos=False), "dim_head", r"dim_head=2 is too small for qk-norm"),
+    (dict(rotary_emb_dim=32), "rotary_emb_dim", r"rotary_emb_dim=32\) must be an even number"),  # > dim_head=16
+    (dict(attn_backend="cudnn"), "attn_backend", r"attn_backend must be one of .*got 'cudnn'"),
+    (dict(rotary_xpos="yes"), "rotary_xpos", r"rotary_xpos must be True or False, got 'yes'"),
+    (dict(ff_mult=0), "ff_mult", positive("ff_mult", 0)),
+    (dict(attn_qk_norm_scale=-1.0), "attn_qk_norm_scale", r"attn_qk_norm_scale must be a finite number > 0"),
+    (dict(not_an_arg=1), "not_an_arg", r"unknown GPT4 argument\(s\) \['not_an_arg'\]"),
 ]
 
 
-@pytest.mark.parametrize(("bad", "name"), BAD_ARGS, ids=[f"{n}={next(iter(b.values()))}" for b, n in BAD_ARGS])
-def test_bad_argument_is_named_and_logged(bad, name, caplog):
-    with caplog.at_level(logging.ERROR, logger="gpt4_lightning"), pytest.raises(ValueError, match=name):
+def case_id(bad: dict) -> str:
+    (name, value), *rest = bad.items()
+    return f"{name}={value}" + "".join(f",{k}={v}" for k, v in rest)
+
+
+@pytest.mark.parametrize(("bad", "name", "message"), BAD_ARGS, ids=[case_id(b) for b, _, _ in BAD_ARGS])
+def test_bad_argument_is_named_and_logged(bad, name, message, caplog):
+    with caplog.at_level(logging.ERROR, logger="gpt4_lightning"), pytest.raises(ValueError, match=message) as err:
         GPT4(**{**TINY, **bad})
-    assert any("construction failed" in r.message and name in r.message for r in caplog.records)
+    assert name in str(err.value)
+    assert any("construction failed" in r.message and re.search(message, r.message) for r in caplog.records)
 
 
 def test_valid_edge_cases_build():

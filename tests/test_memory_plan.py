@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from gpt4_lightning import GPT4Config
+from gpt4_lightning import GPT4, GPT4Config
 from gpt4_lightning.memory import param_groups, plan_memory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,14 +44,39 @@ def test_fsdp_pads_dim0_to_the_world_size():
     assert plan.params == padded // 3 * 4 >= groups.numel() * 4 / 3
 
 
+@pytest.fixture(scope="module")
+def adamw_state_bytes() -> tuple[GPT4, int]:
+    """A real SMALL model and the bytes of a real AdamW's state (exp_avg + exp_avg_sq) after one step."""
+    model = GPT4.from_config(SMALL)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.loss(torch.randint(0, SMALL.num_tokens, (2, 17))).backward()
+    opt.step()
+    state = sum(s[k].nbytes for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq"))  # not the step scalars
+    assert len(opt.state) == len(list(model.parameters()))
+    return model, state
+
+
 @pytest.mark.parametrize("strategy,world", [("single", 1), ("ddp", 2), ("fsdp", 2)])
 @pytest.mark.parametrize("ac", [False, True])
-def test_components_sum_to_the_peak(strategy, world, ac):
+def test_components_sum_to_the_peak(strategy, world, ac, adamw_state_bytes):
     plan = plan_memory(SMALL, strategy=strategy, world_size=world, micro_batch=2, seq_len=64,
                        activation_checkpointing=ac)
     assert components_sum(plan) == plan.peak
     assert plan.peak == max(plan.phases.values())
     assert min(plan.params, plan.optimizer, plan.activations_saved) > 0
+    # the components themselves, against the real model and a real AdamW (the sum above is the peak's
+    # definition: a wrong component would still sum to it)
+    model, state_bytes = adamw_state_bytes
+    if strategy == "fsdp":
+        # FSDP2 shards dim 0 as torch.chunk does: rank 0 holds the first ceil(d0 / world) rows of each
+        # parameter, its optimizer state the same shape (rank 0 is the largest rank: no padding is missing)
+        rank0 = sum(p.chunk(world, dim=0)[0].nbytes for p in model.parameters())
+        assert plan.params == plan.grads_total == rank0
+        assert plan.optimizer == 2 * rank0
+        assert state_bytes / 2 < plan.optimizer < state_bytes  # about half of the whole state
+    else:  # one process or DDP: every rank holds all parameters, gradients and optimizer state
+        assert plan.params == plan.grads_total == sum(p.nbytes for p in model.parameters())
+        assert plan.optimizer == state_bytes == 2 * plan.params
 
 
 def test_ddp_adds_one_copy_of_the_gradients_to_one_process():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run, step_losses, train_args
+from conftest import logged_losses, run, step_losses, train_args
 
 from gpt4_lightning.checkpoint.load import read_checkpoint
 
@@ -33,12 +33,36 @@ def start(workdir: Path, *cli_args: str, script: list[str] | None = None) -> sub
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_until(ready, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    """Poll `ready()` until it holds, while `proc` runs; fail if it exits first or `timeout` s pass."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"exited {proc.returncode} before {path} appeared: {proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
+    while not ready():
+        assert proc.poll() is None, f"exited {proc.returncode} before {what}: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    wait_until(path.exists, proc, f"{path}", timeout)
+
+
+def last_logged_step(run_dir: Path) -> int:
+    """The last step in metrics.csv so far (-1 before the first flushed row; a row being written is skipped)."""
+    try:
+        return max((s for s, _ in logged_losses(run_dir)), default=-1)
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+# metrics.csv flushed every step (Lightning's CSVLogger buffers 100): a killed run's progress is visible
+FLUSH = "+trainer.logger.flush_logs_every_n_steps=1"
+
+
+def wait_past_checkpoint(run_dir: Path, proc: subprocess.Popen) -> None:
+    """Until the first periodic checkpoint exists and the run has logged 2 more steps: the kill or signal then
+    lands between checkpoints, with steps since the last one that the resume must redo."""
+    wait_for(run_dir / "checkpoints" / f"step{EVERY:06d}.ckpt", proc)
+    wait_until(lambda: last_logged_step(run_dir) >= EVERY + 2, proc, f"step {EVERY + 2} in metrics.csv")
 
 
 
@@ -65,9 +89,8 @@ def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy):
     reference = step_losses(workdir / "outputs" / f"whole_{strategy}")
 
     run_dir = workdir / "outputs" / f"killed_{strategy}"
-    proc = start(workdir, *args(workdir, f"killed_{strategy}", *extra))
-    wait_for(run_dir / "checkpoints" / f"step{EVERY:06d}.ckpt", proc)
-    time.sleep(0.1)  # a few steps on: somewhere between checkpoints (~20 steps of 5-30 ms)
+    proc = start(workdir, *args(workdir, f"killed_{strategy}", *extra, FLUSH))
+    wait_past_checkpoint(run_dir, proc)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # every rank, no chance to clean up
     proc.wait()
@@ -90,9 +113,8 @@ def test_signal_checkpoints_after_the_step_exits_zero_and_resumes_exactly(workdi
 
     name = f"stopped_{strategy}"
     run_dir = workdir / "outputs" / name
-    proc = start(workdir, *args(workdir, name, *extra))
-    wait_for(run_dir / "checkpoints" / f"step{EVERY:06d}.ckpt", proc)
-    time.sleep(0.1)
+    proc = start(workdir, *args(workdir, name, *extra, FLUSH))
+    wait_past_checkpoint(run_dir, proc)
     assert proc.poll() is None, "the run ended before the signal"
     os.kill(proc.pid, signum)  # the launching process only (rank 0): the other rank learns it at the step's end
     out, err = proc.communicate(timeout=300)

@@ -1,5 +1,9 @@
 """End to end through the real CLI, in subprocesses: train, resume, generate, evaluate, bad overrides."""
 
+import itertools
+import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +33,55 @@ def test_train_resume_generate_evaluate(workdir):
     assert "--- sample 0 (step 60) ---" in sample.stdout and "def fib(n):" in sample.stdout
     evaluated = run(workdir, "evaluate", f"ckpt_path={last}", "seq_len=64", "max_batches=4")
     assert "val loss" in evaluated.stdout and "perplexity" in evaluated.stdout
+    check_evaluate_and_greedy_generate(workdir, last, evaluated.stdout)
+
+
+def check_evaluate_and_greedy_generate(workdir, last, evaluate_stdout: str) -> None:
+    """The evaluate CLI's numbers and a greedy generate CLI's text against the same checkpoint in this process:
+    the mean loss over the same validation windows (each window's loss computed on its own), its exp, and the
+    greedy continuation by full forward passes (no KV cache) decoded with the run's tokenizer."""
+    from tokenizers import Tokenizer
+
+    from gpt4_lightning.checkpoint.load import load_model
+    from gpt4_lightning.data.datamodule import GPT4DataModule
+    from gpt4_lightning.data.shards import Manifest
+
+    model, meta = load_model(last)
+    data_dir = meta["data_dir"]
+    line = r"^val loss (\d+\.\d{4})  perplexity (\d+\.\d{2})  \((\d+) windows of 64 tokens, (.+), step 60\)$"
+    found = re.search(line, evaluate_stdout, re.MULTILINE)
+    assert found, evaluate_stdout
+    loss, ppl, windows = float(found[1]), float(found[2]), int(found[3])
+    assert found[4] == str(data_dir)
+    datamodule = GPT4DataModule(data_dir, seq_len=64, batch_size=8, max_token_id=model.config.num_tokens)
+    datamodule.setup("validate")
+    batches = list(itertools.islice(datamodule.make_val_loader(), 4))  # evaluate's batch_size=8, max_batches=4
+    with torch.no_grad():
+        per_window = [model.loss(window[None]).item() for batch in batches for window in batch]
+    assert windows == len(per_window) == 32
+    expected = sum(per_window) / len(per_window)
+    assert 0.5 < expected < math.log(512)  # trained: below the uniform guess
+    assert loss == pytest.approx(expected, abs=5e-5 + 1e-5)  # printed to 4 decimals; float32 sums differ ~1e-6
+    assert ppl == pytest.approx(math.exp(expected), abs=5e-3 + 1e-4 * math.exp(expected))
+
+    prompt = "def fib(n):"
+    greedy = run(workdir, "generate", f"ckpt_path={last}", "max_new_tokens=24", f"prompt={prompt}", "temperature=0")
+    header = "--- sample 0 (step 60) ---\n"
+    assert header in greedy.stdout
+    text = greedy.stdout.split(header, 1)[1].removesuffix("\n")
+    manifest = Manifest.load(data_dir)
+    tokenizer = Tokenizer.from_file(str(Path(data_dir) / manifest.tokenizer_file))
+    seq = torch.tensor([tokenizer.encode(prompt).ids])
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(24):
+            token = int(model(seq)[0, -1].argmax())
+            if token == manifest.eos_id:  # stop_at_eos=true
+                break
+            new.append(token)
+            seq = torch.cat((seq, torch.tensor([[token]])), dim=1)
+    assert new, "the greedy continuation starts with EOS: nothing to compare"
+    assert text == prompt + tokenizer.decode(new), (text, new)
 
 
 @pytest.mark.parametrize(("args", "message"), [

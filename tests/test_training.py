@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import TINY
 
 from gpt4_lightning import GPT4
@@ -26,21 +25,47 @@ def test_overfits_one_batch(flags):
     assert loss.item() < 0.1 * first, (first, loss.item())
 
 
+def reference_loss(logits: torch.Tensor, targets: torch.Tensor, ignore: int) -> torch.Tensor:
+    """Mean over the counted targets of -log softmax(logits)[target], from log_softmax and a boolean mask
+    (no cross_entropy, no ignore_index)."""
+    keep = targets != ignore
+    nll = -logits.float().log_softmax(-1)[keep].gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+    return nll.sum() / keep.sum()
+
+
 def test_loss_is_next_token_cross_entropy_with_ignore_index():
     model = GPT4(**TINY)
+    with torch.no_grad():
+        model.net.to_logits.weight.mul_(20)  # peaked predictions: -log p differs from token to token
+    assert model.ignore_index == -100  # the default, as in F.cross_entropy and x-transformers
     tokens = torch.randint(0, TINY["num_tokens"], (2, 17))
-    logits = model(tokens[:, :-1])
-    expected = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-    torch.testing.assert_close(model.loss(tokens), expected)
-    # ignored targets do not count
-    padded = torch.cat((tokens, torch.full((2, 3), -100)), dim=1)
-    masked_in = padded.clone()
-    masked_in[:, -3:] = 0  # inputs must be valid ids; targets -100 are skipped
-    logits = model(masked_in[:, :-1])
-    expected = F.cross_entropy(logits[:, :16].flatten(0, 1), tokens[:, 1:].flatten())
-    targets = padded[:, 1:]
-    got = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=model.ignore_index)
-    torch.testing.assert_close(got, expected)
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+        torch.testing.assert_close(model.loss(tokens), reference_loss(logits, tokens[:, 1:], -100))
+
+        # a padded window: row 0's last target is -100 (inputs are tokens[:, :-1], so only the last column
+        # can be -100): 2 * 16 - 1 = 31 targets count, and the logits are those of the unpadded inputs
+        padded = tokens.clone()
+        padded[0, -1] = -100
+        got = model.loss(padded)
+        expected = reference_loss(logits, padded[:, 1:], -100)
+        assert int((padded[:, 1:] != -100).sum()) == 31
+        torch.testing.assert_close(got, expected)
+        # not the loss with the ignored target counted (as token 0 or as itself): it differs by > 0.01 here
+        as_zero = padded[:, 1:].clamp(min=0)
+        assert abs(got - reference_loss(logits, as_zero, -100)) > 0.01
+
+        # ignored targets anywhere in the window (an ignore_index that is a valid id, so the inputs stay valid):
+        # the loss is the mean over the other targets only
+        model.ignore_index = ignore = 7
+        interior = tokens.masked_fill(tokens == ignore, 8)  # no 7 by chance
+        interior[0, 3:9] = ignore  # targets 2..7 of row 0
+        interior[1, 10] = ignore  # target 9 of row 1 (and the input at position 10)
+        logits = model(interior[:, :-1])
+        assert int((interior[:, 1:] != ignore).sum()) == 2 * 16 - 7
+        got = model.loss(interior)
+        torch.testing.assert_close(got, reference_loss(logits, interior[:, 1:], ignore))
+        assert abs(got - reference_loss(logits, interior[:, 1:], -100)) > 0.01  # counting them would differ
 
 
 def test_every_parameter_gets_a_gradient():
