@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gpt4_lightning.data.datamodule import GPT4DataModule, TrainBatches
+from gpt4_lightning.data.permutation import Permutation
 from gpt4_lightning.data.shards import DataError, Manifest, Shard, ShardWriter
 
 VOCAB = 60_000
@@ -94,7 +95,7 @@ def test_ranks_partition_each_epoch(data: Path, world: int):
         per_rank.append([firsts(loader), firsts(loader)])  # two epochs
     steps = 31 // (B * world)
     for epoch in range(2):
-        perm = np.random.default_rng([7, epoch]).permutation(31)[: steps * B * world]
+        perm = Permutation(31, 7, epoch)(np.arange(31))[: steps * B * world]
         sets = [set(flat(r[epoch])) for r in per_rank]
         assert all(len(r[epoch]) == steps for r in per_rank)  # equal length
         assert sum(len(s) for s in sets) == len(set().union(*sets))  # disjoint
@@ -172,7 +173,7 @@ def test_position_is_global_across_world_sizes(data: Path):
     single.load_state_dict(dm0.state_dict()["train_position"])
     after = flat(firsts(single))
     windows = np.array(expected_windows(TRAIN))
-    perm = windows[np.random.default_rng([3, 0]).permutation(31)].tolist()
+    perm = windows[Permutation(31, 3, 0)(np.arange(31))].tolist()
     assert before + after == perm[: 12 + 4 * ((31 - 12) // 4)]
 
 
@@ -291,6 +292,7 @@ sys.path.insert(0, {tests!r})
 from test_datamodule import Recorder
 
 from gpt4_lightning.data.datamodule import GPT4DataModule, TrainBatches
+from gpt4_lightning.data.permutation import Permutation
 
 data, out, max_steps, ckpt = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 out.mkdir(parents=True, exist_ok=True)
@@ -325,7 +327,7 @@ def test_ddp_two_processes_partition_and_resume_exactly(data: Path, tmp_path: Pa
     epoch0 = [set(flat(b for _, b in rank[:7])) for rank in full]
     windows = np.array(expected_windows(TRAIN))
     assert not epoch0[0] & epoch0[1]
-    assert epoch0[0] | epoch0[1] == set(windows[np.random.default_rng([5, 0]).permutation(31)[:28]].tolist())
+    assert epoch0[0] | epoch0[1] == set(windows[Permutation(31, 5, 0)(np.arange(31))[:28]].tolist())
     resumed = run("resumed", 10, str(tmp_path / "full/ckpt/step=3.ckpt"))
     assert resumed == [rank[3:] for rank in full]
 
@@ -369,8 +371,27 @@ def test_shard_truncated_after_setup_is_named(data: Path):
     loader = GPT4DataModule(data, seq_len=SEQ, batch_size=31).make_train_loader()  # every window in one batch
     with open(data / "train_00001.bin", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(DataError, match=rf"shard {data / 'train_00001.bin'} ended at byte 100"):
-        next(iter(loader))
+    with pytest.raises(DataError, match=rf"shard {data / 'train_00001.bin'} has 100 bytes but its manifest says 240"):
+        next(iter(loader))  # found when a reader opens it
+
+
+def test_readers_keep_a_bounded_number_of_files_open(tmp_path: Path):
+    """More shards than a reader may keep open: every window still reads right, and the open files stay at the
+    cap (the least recently used is closed), so any shard count works under `ulimit -n 1024`."""
+    sizes = [2 * SEQ + 1] * 40  # 40 shards of 2 windows each
+    data = write_data(tmp_path / "many", sizes, [SEQ + 1])
+    dm = GPT4DataModule(data, seq_len=SEQ, batch_size=4, seed=3)
+    dm.setup()
+    windows = dm.train_windows
+    windows.max_open = 8
+    ids = np.arange(windows.num_windows)
+    got = windows.read(ids)[:, 0].tolist()
+    assert got == expected_windows(sizes)
+    assert len(windows._files) == 8
+    fds = {f.fileno() for f in windows._files.values()}
+    assert all(not f.closed for f in windows._files.values()) and len(fds) == 8
+    again = windows.read(ids[::-1])[:, 0].tolist()  # reopening closed shards gives the same tokens
+    assert again == got[::-1] and len(windows._files) == 8
 
 
 def test_vocab_within_model_is_accepted(data: Path):

@@ -231,12 +231,29 @@ def test_cache_dir_and_fingerprint(tmp_path, monkeypatch):
     assert prepare(config("data=files", f"data.path={corpus}", *SMALL, "data.val_fraction=0.5")) != first
 
 
+def test_reuse_reads_no_shard_unless_asked_to_verify(tmp_path):
+    """Reusing a prepared directory costs a stat per shard, not a read of the corpus: a same-size corrupted shard
+    passes the reuse check, and is caught by its sha256 only with data.verify=true."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_docs(60))
+    args = ["data=files", f"data.path={corpus}", *SMALL, f"data.dir={tmp_path / 'out'}"]
+    out = prepare(config(*args))
+    shard = out / "train_00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert prepare(config(*args)) == out
+    with pytest.raises(DataError, match=r"train_00000\.bin fails its sha256"):
+        prepare(config(*args, "data.verify=true"))
+
+
 def test_overwrite_redoes_and_removes_stale_shards(tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_docs(60))
     args = ["data=files", f"data.path={corpus}", *SMALL, f"data.dir={tmp_path / 'out'}"]
     out = prepare(config(*args, "data.shard_tokens=500"))
     assert len(shard_files(out)) > 3
-    with pytest.raises(DataError, match=r"manifest\.json was prepared from other inputs.*overwrite=true"):
+    with pytest.raises(DataError, match=r"manifest\.json was prepared from other inputs \(shard_tokens 500 there, "
+                       r"16777216 now\).*pass data\.dir=.* to train.*overwrite=true re-tokenizes.*deleting its \d+ "
+                       r"shards"):
         prepare(config(*args))  # same directory, other shard size: never silently replaced
     prepare(config(*args, "overwrite=true"))
     assert [p.name for p in shard_files(out)] == ["train_00000.bin", "val_00000.bin"]
@@ -257,7 +274,7 @@ def test_split_is_deterministic_by_document():
 
 POOL_EXIT_SCRIPT = """
 import signal, sys
-from gpt4_lightning.data.prepare import _encode
+from gpt4_lightning.data.encode import encode as _encode
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what a submitit job does; forked workers inherit it
 batches = (("train", [f"document {i} " * 40] * 8) for i in range(200))
@@ -367,7 +384,7 @@ def _bad_checksum(tmp_path, out, args):
     data = bytearray(shard.read_bytes())
     data[10] ^= 0xFF
     shard.write_bytes(bytes(data))
-    return args, r"train_00000\.bin fails its sha256"
+    return [*args, "data.verify=true"], r"train_00000\.bin fails its sha256"
 
 
 def _bad_version(tmp_path, out, args):

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from ..data.shards import check_writable_dir
+from ..training.devices import is_global_rank_zero
 from .run_dir import RunDirGuard
 
 T = TypeVar("T")
@@ -183,10 +184,6 @@ def _check_booleans(cfg: DictConfig, overrides: list[str]) -> None:
                                          f"{key}=true or {key}=false")
 
 
-def _is_rank_zero() -> bool:
-    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
-
-
 def launch(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
     """The body of every `python -m gpt4_lightning.<entry>`: register the config schema and resolvers,
     pre-check the overrides and that the run directory can be made, then run `fn` on the composed config
@@ -203,7 +200,7 @@ def launch(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
-        if cfg.hydra.output_subdir is not None and _is_rank_zero():  # Hydra writes into the run directory
+        if cfg.hydra.output_subdir is not None and is_global_rank_zero():  # Hydra writes into the run directory
             guard = RunDirGuard(cfg)
 
     @hydra.main(config_path="pkg://gpt4_lightning.conf", config_name=config_name, version_base=None)

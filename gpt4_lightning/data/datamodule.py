@@ -5,10 +5,11 @@ A split's shards (see `shards.py`) are cut into windows of `seq_len + 1` tokens 
 crosses a shard. Batches are int64 tensors `(batch, seq_len + 1)`: the model's loss shifts inputs and
 targets itself.
 
-Train order. Epoch `e` visits `np.random.default_rng([seed, e]).permutation(num_windows)`; global step `s`
-consumes permutation[s*B*W : (s+1)*B*W] (B = per-rank batch size, W = world size) and rank `r` takes its
-slice [r*B : (r+1)*B] of that. Ranks are disjoint with equal length; the tail of fewer than B*W windows
-is dropped, so every window of the truncated permutation is seen exactly once per epoch.
+Train order. Epoch `e` visits the windows in the order of `Permutation(num_windows, seed, e)`, a seeded
+bijection computed per position (`permutation.py`: O(1) memory, never an array of all windows); global step `s`
+consumes positions [s*B*W : (s+1)*B*W] (B = per-rank batch size, W = world size) and rank `r` takes its slice
+[r*B : (r+1)*B] of that. Ranks are disjoint with equal length; the tail of fewer than B*W windows is dropped,
+so every window of the truncated permutation is seen exactly once per epoch.
 
 Position. The loader's state is `(epoch, consumed)`, `consumed` counting windows consumed by *all* ranks
 in this epoch (a multiple of B*W while W is fixed). It counts batches handed to the training loop in the
@@ -33,6 +34,7 @@ import io
 import logging
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,16 +44,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .permutation import Permutation
 from .shards import MANIFEST, DataError, Manifest
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 1: the order was a materialised numpy permutation
+MAX_OPEN_SHARDS = 64  # per process (each DataLoader worker, each rank): any shard count fits `ulimit -n 1024`
+STEPS_PER_CHUNK = 64  # train positions mapped to window ids this many steps at a time (one vectorised call)
 
 
 class Windows:
     """The `seq_len + 1`-token windows of one split, read with positional reads (`os.preadv`) from shard
-    files opened lazily in the process (or DataLoader worker) that reads them; pickling drops the handles.
+    files opened lazily in the process (or DataLoader worker) that reads them, at most `MAX_OPEN_SHARDS` at a
+    time (least recently used closed first); pickling drops the handles. A shard's size is checked against the
+    manifest when it is opened.
 
     Why not `np.memmap` slicing: pages read through a map stay mapped into the process and count in its
     RSS (a pass over 1.1 GiB of shards left 1.1 GiB resident), and each random window costs page faults
@@ -66,26 +73,47 @@ class Windows:
         self.paths = [self.data_dir / s.file for s in shards]
         self.dtype = np.dtype(manifest.dtype).newbyteorder("<")  # shards are little-endian
         tokens = np.array([s.tokens for s in shards], dtype=np.int64)
+        self.shard_bytes = tokens * self.dtype.itemsize
         per_shard = np.where(tokens > seq_len, (tokens - 1) // seq_len, 0)
         # window i lives in shard searchsorted(starts, i, "right") - 1, at local index i - starts[shard]
         self.starts = np.concatenate(([0], np.cumsum(per_shard))).astype(np.int64)
         self.num_windows = int(self.starts[-1])
         self.max_shard_tokens = int(tokens.max()) if len(tokens) else 0
         self.total_tokens = int(tokens.sum())
-        self._files: list[io.FileIO] | None = None
+        self._files: OrderedDict[int, io.FileIO] = OrderedDict()
+        self.max_open = MAX_OPEN_SHARDS
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": None}
+        return {**self.__dict__, "_files": OrderedDict()}
+
+    def _file(self, shard: int) -> io.FileIO:
+        f = self._files.get(shard)
+        if f is not None:
+            self._files.move_to_end(shard)
+            return f
+        while len(self._files) >= self.max_open:
+            self._files.popitem(last=False)[1].close()
+        path = self.paths[shard]
+        f = io.FileIO(path, "r")
+        size = os.fstat(f.fileno()).st_size
+        if size != self.shard_bytes[shard]:
+            f.close()
+            raise DataError(f"shard {path} has {size} bytes but its manifest says {self.shard_bytes[shard]}: "
+                            "truncated or replaced after prepare; re-run prepare with overwrite=true")
+        self._files[shard] = f
+        return f
+
+    def close(self) -> None:
+        while self._files:
+            self._files.popitem()[1].close()
 
     def read(self, ids: np.ndarray) -> np.ndarray:
         """Windows `ids` (n,) -> int64 array (n, seq_len + 1), reading only those windows' bytes."""
-        if self._files is None:
-            self._files = [io.FileIO(path, "r") for path in self.paths]
         shard = np.searchsorted(self.starts, ids, side="right") - 1
         offsets = (ids - self.starts[shard]) * (self.seq_len * self.dtype.itemsize)
         buf = np.empty((len(ids), self.seq_len + 1), dtype=self.dtype)
         for row, s, offset in zip(buf, shard.tolist(), offsets.tolist(), strict=True):
-            f = self._files[s]
+            f = self._file(s)
             if _HAS_PREADV:
                 got = os.preadv(f.fileno(), [row], offset)
             else:
@@ -129,17 +157,21 @@ class TrainBatches(IterableDataset):
         """Batches per rank in a whole epoch (Lightning counts a resumed epoch's batches against this)."""
         return self.windows.num_windows // self.step_windows
 
-    def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.windows.num_windows)
+    def permutation(self, epoch: int) -> Permutation:
+        """Epoch `epoch`'s order: position -> window id."""
+        return Permutation(self.windows.num_windows, self.seed, epoch)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         worker, num_workers = _worker()
-        step, consumed = self.step_windows, self.consumed
+        step, consumed, batch = self.step_windows, self.consumed, self.batch_size
         order = self.permutation(self.epoch)
-        steps = (self.windows.num_windows - consumed) // step
-        for s in range(worker, steps, num_workers):
-            first = consumed + s * step + self.rank * self.batch_size
-            yield torch.from_numpy(self.windows.read(order[first : first + self.batch_size]))
+        mine = range(worker, (self.windows.num_windows - consumed) // step, num_workers)  # this worker's steps
+        for start in range(0, len(mine), STEPS_PER_CHUNK):
+            steps = np.array(mine[start : start + STEPS_PER_CHUNK], dtype=np.int64)
+            firsts = consumed + steps * step + self.rank * batch
+            ids = order((firsts[:, None] + np.arange(batch)).ravel()).reshape(len(steps), batch)
+            for row in ids:
+                yield torch.from_numpy(self.windows.read(row))
 
 
 class ResumableLoader(DataLoader):
@@ -188,8 +220,15 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ds: TrainBatches = self.dataset  # type: ignore[assignment]
-        if state_dict.get("version") != STATE_VERSION:
-            raise ValueError(f"train loader state version {state_dict.get('version')!r} is not {STATE_VERSION}")
+        version = state_dict.get("version")
+        if version == 1:
+            log.warning("the checkpoint's data position was saved by an older loader, whose order was a numpy "
+                        "permutation; this one shuffles with a seeded Feistel permutation: the position (epoch %s, "
+                        "%s windows consumed) is kept, but the rest of that epoch visits windows in another order "
+                        "(some may repeat or be skipped in it)", state_dict.get("epoch"), state_dict.get("consumed"))
+        elif version != STATE_VERSION:
+            raise ValueError(f"train loader state version {version!r} is not {STATE_VERSION}: the checkpoint is "
+                             "from a newer gpt4_lightning; resume it with that version")
         if state_dict["seed"] != ds.seed:
             log.warning("resuming with the checkpoint's data seed %d (configured: %d) so the order continues",
                         state_dict["seed"], ds.seed)
@@ -218,9 +257,9 @@ class ValBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         worker, num_workers = _worker()
-        ids = self.rank + self.world_size * np.arange(self.per_rank, dtype=np.int64)
         for b in range(worker, len(self), num_workers):
-            yield torch.from_numpy(self.windows.read(ids[b * self.batch_size : (b + 1) * self.batch_size]))
+            local = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, self.per_rank), dtype=np.int64)
+            yield torch.from_numpy(self.windows.read(self.rank + self.world_size * local))
 
 
 class GPT4DataModule(L.LightningDataModule):
@@ -232,12 +271,14 @@ class GPT4DataModule(L.LightningDataModule):
         batch_size: per rank.
         num_workers: DataLoader worker processes (the order is the same for any value).
         seed: shuffling seed; epoch e uses `default_rng([seed, e])`.
-        verify: sha256 every shard on setup (sizes are always checked).
+        verify: sha256 every shard on setup.
         max_token_id: the model's `num_tokens` (every id must be below it); None skips the check.
+        check_sizes: stat every shard on setup against the manifest (the rank that prepared or checked the data
+            does; the others leave it to the check each reader makes when it opens a shard).
     """
 
     def __init__(self, data_dir: str | Path, seq_len: int, batch_size: int, num_workers: int = 0, seed: int = 1234,
-                 verify: bool = False, max_token_id: int | None = None) -> None:
+                 verify: bool = False, max_token_id: int | None = None, check_sizes: bool = True) -> None:
         super().__init__()
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if value < 1:
@@ -246,6 +287,7 @@ class GPT4DataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.data_dir, self.seq_len, self.batch_size = Path(data_dir), seq_len, batch_size
         self.num_workers, self.seed, self.verify, self.max_token_id = num_workers, seed, verify, max_token_id
+        self.check_sizes = check_sizes
         self.manifest: Manifest | None = None
         self.train_windows: Windows | None = None
         self.val_windows: Windows | None = None
@@ -257,7 +299,7 @@ class GPT4DataModule(L.LightningDataModule):
         """Load and check the manifest (once): shard sizes (sha256 with `verify`), vocab, window counts."""
         if self.manifest is not None:
             return
-        manifest = Manifest.load(self.data_dir, verify=self.verify)
+        manifest = Manifest.load(self.data_dir, verify=self.verify, check_sizes=self.check_sizes)
         path = self.data_dir / MANIFEST
         if self.max_token_id is not None and manifest.vocab_size > self.max_token_id:
             raise DataError(f"vocab of {path} is {manifest.vocab_size} but the model has num_tokens="

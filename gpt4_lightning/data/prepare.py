@@ -23,18 +23,14 @@ import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import re
-import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 from tqdm import tqdm
@@ -42,6 +38,8 @@ from tqdm import tqdm
 from . import tokenizer as tok
 from .config import PrepareConfig, TokenizerConfig
 from .corpus import Corpus
+from .encode import batches as _batches
+from .encode import encode as _encode
 from .shards import (
     FORMAT_VERSION,
     MANIFEST,
@@ -60,10 +58,8 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "GPT4_LIGHTNING_CACHE"
 TOKENIZER_FILE = "tokenizer.json"
 LOCK_FILE = ".prepare.lock"
-BATCH_CHARS = 1 << 20  # text per encoding task: large enough to amortise IPC, small enough for a live progress bar
-BATCH_DOCS = 1024
-_SHARD = re.compile(r"^(train|val)_\d{5}\.bin$")
-_TEMPORARY = re.compile(r"^\.((train|val)_\d{5}\.bin|tokenizer\.json|manifest\.json)\..+\.tmp$")
+_SHARD = re.compile(r"^(train|val)_\d{5,}\.bin$")  # 5 digits, more past 99 999 shards
+_TEMPORARY = re.compile(r"^\.((train|val)_\d{5,}\.bin|tokenizer\.json|manifest\.json)\..+\.tmp$")
 
 
 def default_cache_dir() -> Path:
@@ -112,107 +108,6 @@ def split_documents(docs: Iterable[str], val_fraction: float) -> Iterator[tuple[
         yield ("val" if val_fraction > 0 and val == 0 and count >= 2 else "train"), held
 
 
-class _Encoder:
-    """Texts -> one token array with EOS after each document, plus (documents, UTF-8 bytes)."""
-
-    def __init__(self, tokenizer_json: str, eos: int, dtype: str) -> None:
-        self.tokenizer = Tokenizer.from_str(tokenizer_json)
-        # special-token text inside a document ("<|endoftext|>" quoted in a web page) is encoded as
-        # plain text, so EOS ids mark exactly the document boundaries this module adds
-        self.tokenizer.encode_special_tokens = True
-        self.eos, self.dtype = eos, np.dtype(dtype)
-
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, int, int]:
-        # add_special_tokens=False: a hub tokenizer's template (BOS, ...) is not wanted; EOS is added here
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        ids = [e.ids for e in encodings]
-        out = np.empty(sum(map(len, ids)) + len(ids), dtype=self.dtype)
-        pos = 0
-        for doc in ids:
-            out[pos : pos + len(doc)] = doc
-            out[pos + len(doc)] = self.eos
-            pos += len(doc) + 1
-        return out, len(texts), sum(len(t.encode("utf-8")) for t in texts)
-
-
-_worker: _Encoder | None = None
-
-
-def _init_worker(tokenizer_json: str, eos: int, dtype: str, parent: int) -> None:
-    global _worker
-    # submitit ignores SIGTERM in its jobs and forked workers inherit that; Pool.terminate() would then
-    # wait for ever on a worker that cannot be stopped
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(parent)
-    _worker = _Encoder(tokenizer_json, eos, dtype)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Pool workers wait on a pipe they also hold open, so a SIGKILLed parent would leave them
-    blocked forever; on Linux ask the kernel to kill them with it (PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the prctl took effect
-        os._exit(1)
-
-
-def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, int, int]:
-    assert _worker is not None
-    return _worker(texts)
-
-
-def _batches(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
-    """Group (split, text) into per-split batches of about BATCH_CHARS characters."""
-    texts: dict[str, list[str]] = {s: [] for s in SPLITS}
-    chars = dict.fromkeys(SPLITS, 0)
-    for split, text in pairs:
-        texts[split].append(text)
-        chars[split] += len(text)
-        if chars[split] >= BATCH_CHARS or len(texts[split]) >= BATCH_DOCS:
-            yield split, texts[split]
-            texts[split], chars[split] = [], 0
-    yield from ((s, texts[s]) for s in SPLITS if texts[s])
-
-
-def _encode(batches: Iterable[tuple[str, list[str]]], tokenizer_json: str, eos: int, dtype: str,
-            num_proc: int) -> Iterator[tuple[str, np.ndarray, int, int]]:
-    """(split, tokens, documents, bytes) per batch, in input order. With num_proc > 1 the batches
-    are encoded by a process pool while this process reads the corpus and writes shards; at most
-    2 * num_proc batches are in flight, so memory stays bounded for any corpus size."""
-    if num_proc <= 1:  # in-process (tokenizers may still use its own threads)
-        encoder = _Encoder(tokenizer_json, eos, dtype)
-        yield from ((split, *encoder(texts)) for split, texts in batches)
-        return
-    # fork where safe (cheap: no re-import); the children must not use the tokenizers thread pool
-    # that BPE training started here (it does not survive fork), hence TOKENIZERS_PARALLELISM=false
-    # in their environment, which also silences tokenizers' fork warning.
-    method = "fork" if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else "spawn"
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        pool = mp.get_context(method).Pool(num_proc, _init_worker, (tokenizer_json, eos, dtype, os.getpid()))
-    finally:
-        if previous is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
-    with pool:  # leaving early (an error, a generator close) terminates the workers
-        pending: deque[tuple[str, Any]] = deque()
-        for split, texts in batches:
-            pending.append((split, pool.apply_async(_encode_in_worker, (texts,))))
-            if len(pending) >= 2 * num_proc:
-                split_done, result = pending.popleft()
-                yield split_done, *result.get()
-        while pending:
-            split_done, result = pending.popleft()
-            yield split_done, *result.get()
-
-
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on `out` (released by the OS even on SIGKILL)."""
@@ -230,23 +125,66 @@ def _locked(out: Path) -> Iterator[None]:
         yield
 
 
-def _reusable(out: Path, fp: str) -> bool:
-    """True if `out` holds a complete, checked output for these inputs; False if there is none;
-    an error (naming the file) if there is one that is broken or from other inputs."""
+def _reusable(out: Path, fp: str, current: dict[str, Any], verify: bool = False) -> bool:
+    """True if `out` holds a complete output for these inputs; False if there is none; an error (naming the file)
+    if there is one that is broken or from other inputs. O(shards) stats, no hashing: `data.verify=true` (or
+    `verify`) reads every byte."""
     path = out / MANIFEST
     if not path.exists():
         return False
-    manifest = Manifest.load(out, verify=True)
+    manifest = Manifest.load(out, verify=verify)
     if manifest.source.get("fingerprint") != fp:
-        raise DataError(f"{path} was prepared from other inputs (fingerprint {manifest.source.get('fingerprint')}, "
-                        f"these inputs give {fp}); set overwrite=true to replace it, or set data.dir to another "
-                        "directory")
+        raise DataError(_other_inputs(out, manifest, current))
     tokenizer = out / manifest.tokenizer_file
     if not tokenizer.is_file() or sha256_file(tokenizer) != manifest.tokenizer_sha256:
         raise DataError(f"{tokenizer} is missing or does not match the sha256 in {path}; re-run prepare with "
-                        "overwrite=true")
+                        "overwrite=true (re-tokenizes the corpus into it)")
     log.info("reusing %s: %s", out, summary(manifest))
     return True
+
+
+def _other_inputs(out: Path, manifest: Manifest, current: dict[str, Any]) -> str:
+    """Which prepare input differs from the ones `out` was prepared from, and the two ways on: neither destroys
+    anything without saying so."""
+    saved = manifest.source
+    changed = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in current.items()
+               if key in saved and saved.get(key) != value]
+    what = "; ".join(changed) if changed else "the input files changed (sizes or modification times)"
+    tokens = sum(manifest.num_tokens(split) for split in manifest.splits)
+    shards = sum(len(shards) for shards in manifest.splits.values())
+    return (f"{out / MANIFEST} was prepared from other inputs ({what}). To train on it as it is, pass "
+            f"data.dir={out} to train (a prepared directory is used as its manifest says); to prepare these "
+            "inputs, set data.dir to a new directory (or drop data.dir for one in the cache); overwrite=true "
+            f"re-tokenizes these inputs into {out}, deleting its {shards} shards ({tokens:,} tokens)")
+
+
+def describe_inputs(corpus: Corpus, cfg: PrepareConfig) -> dict[str, Any]:
+    """What the manifest's `source` records of the inputs (and what a mismatch is explained by)."""
+    return {**corpus.describe(detailed=False), "val_fraction": cfg.data.val_fraction,
+            "shard_tokens": cfg.data.shard_tokens, "tokenizer": tok.describe(cfg.tokenizer)}
+
+
+def prepared_dir(cfg: PrepareConfig | DictConfig) -> Path | None:
+    """`data.dir` when it holds a prepared directory (a manifest): training uses it as it is, its manifest is the
+    contract and the source inputs are not read. None otherwise (`prepare` makes it)."""
+    cfg = as_prepare_config(cfg)
+    if not cfg.data.dir or cfg.overwrite:
+        return None
+    out = Path(cfg.data.dir).expanduser().absolute()
+    if not (out / MANIFEST).is_file():
+        return None
+    log.info("using the prepared data in %s as it is (its manifest; the data.* source inputs are not read)", out)
+    return out
+
+
+def planned_dir(cfg: PrepareConfig | DictConfig) -> Path:
+    """Where `prepare(cfg)` writes (or finds) its output, without preparing: the other ranks of a job read what
+    global rank 0 prepares there."""
+    cfg = as_prepare_config(cfg)
+    if cfg.data.dir:
+        return Path(cfg.data.dir).expanduser().absolute()
+    corpus = Corpus(cfg.data)
+    return output_dir(cfg, fingerprint(corpus, cfg.tokenizer, cfg.data.val_fraction, cfg.data.shard_tokens))
 
 
 def _num_proc(cfg: PrepareConfig) -> int:
@@ -273,7 +211,8 @@ def prepare(cfg: PrepareConfig | DictConfig) -> Path:
     tokenizer = tok.load_tokenizer(cfg.tokenizer)  # file/hub (EOS checked); None: BPE, trained below
     fp = fingerprint(corpus, cfg.tokenizer, val_fraction, shard_tokens)
     out = output_dir(cfg, fp)
-    if not overwrite and _reusable(out, fp):
+    current = describe_inputs(corpus, cfg)
+    if not overwrite and _reusable(out, fp, current, cfg.data.verify):
         return out
     if cfg.data.dir:  # before the corpus is read: a place that cannot be written fails at once
         check_writable_dir(out, "data.dir")
@@ -300,7 +239,7 @@ def prepare(cfg: PrepareConfig | DictConfig) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
-        if not overwrite and _reusable(out, fp):  # another process finished it while we read
+        if not overwrite and _reusable(out, fp, current):  # another process finished it while we read
             return out
         manifest = _write(out, corpus, documents, tokenizer, eos, cfg, fp, shard_tokens, num_proc)
     manifest.stats.update(tokenizer_seconds=round(tokenizer_seconds, 3))
@@ -349,8 +288,7 @@ def _write(out: Path, corpus: Corpus, documents: Iterable[tuple[str, str]], toke
     return Manifest(
         dtype=dtype.name, vocab_size=vocab, eos_id=eos, tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=sha256_file(out / TOKENIZER_FILE), splits=splits,
-        source={"name": corpus.name, "fingerprint": fp, **corpus.describe(detailed=False),
-                "val_fraction": cfg.data.val_fraction, "tokenizer": tok.describe(cfg.tokenizer)},
+        source={"name": corpus.name, "fingerprint": fp, **describe_inputs(corpus, cfg)},
         stats={"documents": docs, "tokens": tokens, "empty_documents": stats.empty_documents,
                "skipped_files": len(stats.skipped_files), "skipped": stats.skipped_files[:100],
                "text_bytes": text_bytes, "num_proc": num_proc,

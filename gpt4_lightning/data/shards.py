@@ -118,9 +118,9 @@ class Manifest:
             json.dump(payload, f, indent=2)
 
     @classmethod
-    def load(cls, data_dir: str | os.PathLike, verify: bool = False) -> Manifest:
-        """Read and check `data_dir/manifest.json`: format version, and every shard's size (always)
-        and sha256 (with `verify`)."""
+    def load(cls, data_dir: str | os.PathLike, verify: bool = False, check_sizes: bool = True) -> Manifest:
+        """Read and check `data_dir/manifest.json`: format version, and every shard's size (`check_sizes`: one
+        stat per shard) and sha256 (`verify`: every byte read)."""
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             what = "is not a directory" if data_dir.exists() else "does not exist"
@@ -150,7 +150,8 @@ class Manifest:
         except (KeyError, TypeError, AttributeError) as e:
             raise DataError(f"{path} is missing or has unexpected fields ({e}); re-run prepare with "
                             "overwrite=true") from e
-        manifest.check_files(data_dir, verify)
+        if check_sizes or verify:
+            manifest.check_files(data_dir, verify)
         return manifest
 
     def check_files(self, data_dir: Path, verify: bool) -> None:

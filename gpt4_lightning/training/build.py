@@ -16,8 +16,9 @@ from omegaconf import DictConfig
 from ..checkpoint.load import check_resumable
 from ..config import TrainConfig, to_typed
 from ..data.datamodule import GPT4DataModule
-from ..data.prepare import prepare
-from .devices import check_trainer, uses_fsdp
+from ..data.prepare import planned_dir, prepare, prepared_dir
+from ..data.shards import MANIFEST
+from .devices import check_trainer, is_global_rank_zero, uses_fsdp
 from .module import GPT4LitModule
 
 
@@ -28,16 +29,29 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
     check_trainer(cfg.trainer)
     if ckpt_path is not None:
         check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
-    data_dir = prepare(run)
-    datamodule = GPT4DataModule(data_dir, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
-                                num_workers=run.data.num_workers, seed=run.data.seed, verify=run.data.verify,
-                                max_token_id=run.model.num_tokens)
-    datamodule.setup()  # the manifest, vocab and window checks now, before a trainer or model exists
+    datamodule = build_data(run)
+    parallel = run.parallel.for_precision(str(run.trainer.precision))
     module = GPT4LitModule(model=run.model, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.scheduler),
-                           data_dir=str(data_dir), parallel=run.parallel.for_precision(str(run.trainer.precision)),
-                           init_seed=run.seed)
+                           data_dir=str(datamodule.data_dir), parallel=parallel, init_seed=run.seed)
     trainer = instantiate(cfg.trainer)
     return module, datamodule, trainer
+
+
+def build_data(run: TrainConfig) -> GPT4DataModule:
+    """The DataModule over the run's prepared data. Global rank 0 prepares it (or checks a prepared `data.dir`,
+    sha256 of every shard only with `data.verify=true`) and runs the data checks now, before a trainer or model
+    exists. The other ranks do no data work here: they read the manifest where rank 0 writes it, early when it
+    is already there (the usual case: prepared once, trained many times), else in `setup` after Lightning's
+    barrier, which rank 0 reaches only once it has prepared."""
+    rank_zero = is_global_rank_zero()
+    data_dir = prepared_dir(run) or (prepare(run) if rank_zero else planned_dir(run))
+    datamodule = GPT4DataModule(data_dir, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                                num_workers=run.data.num_workers, seed=run.data.seed,
+                                verify=run.data.verify and rank_zero, max_token_id=run.model.num_tokens,
+                                check_sizes=rank_zero)
+    if rank_zero or (not run.overwrite and (data_dir / MANIFEST).is_file()):
+        datamodule.setup()  # the manifest, vocab and window checks, in a second
+    return datamodule
 
 
 def callback(trainer: L.Trainer, kind: type) -> Any:

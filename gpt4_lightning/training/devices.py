@@ -8,6 +8,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+def is_global_rank_zero() -> bool:
+    """Whether this process is global rank 0 (or the only one), before any process group exists: from the
+    variables torchrun, srun and Lightning's launcher set (RANK, SLURM_PROCID; LOCAL_RANK and NODE_RANK)."""
+    return all(os.environ.get(v, "0") == "0" for v in RANK_VARIABLES)
+
 
 def pick_device(device: str) -> torch.device:
     """`device=auto|cpu|cuda|cuda:N|...`, checked: a device this machine does not have is an error."""
