@@ -38,7 +38,7 @@ def build(root: Path, tokens: int) -> Path:
     """A prepared directory of `tokens` train tokens (plus one val shard) in sparse shards, made once."""
     from tokenizers import Tokenizer, models
 
-    from gpt4_lightning.data.shards import Manifest, Shard, sha256_file
+    from gpt4_lightning.data.shards import Manifest, SplitShards, sha256_file
 
     out = root / f"sparse-{tokens:.0e}".replace("+", "")
     if (out / "manifest.json").is_file():
@@ -47,21 +47,20 @@ def build(root: Path, tokens: int) -> Path:
     tokenizer = Tokenizer(models.WordLevel({"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, VOCAB)}},
                                            unk_token="<|endoftext|>"))
     tokenizer.save(str(out / "tokenizer.json"))
-    zero_sha = {}
-
-    def shard(split: str, index: int, n: int) -> Shard:
-        name = f"{split}_{index:05d}.bin"
-        with open(out / name, "wb") as f:
-            f.truncate(2 * n)  # sparse: no blocks written
-        if n not in zero_sha:
-            zero_sha[n] = sha256_file(out / name)
-        return Shard(name, n, zero_sha[n])
+    def split(name: str, sizes: list[int]) -> SplitShards:
+        shards = SplitShards(name, sizes)
+        digests = {}
+        for i, n in enumerate(sizes):
+            with open(out / shards.file(i), "wb") as f:
+                f.truncate(2 * n)  # sparse: no blocks written
+            if n not in digests:
+                digests[n] = sha256_file(out / shards.file(i))
+        return SplitShards(name, sizes, [digests[n] for n in sizes])
 
     full, rest = divmod(tokens, SHARD_TOKENS)
-    train = [shard("train", i, SHARD_TOKENS) for i in range(full)] + ([shard("train", full, rest)] if rest else [])
     Manifest("uint16", VOCAB, 0, "tokenizer.json", sha256_file(out / "tokenizer.json"),
-             {"train": train, "val": [shard("val", 0, 1 << 20)]},
-             source={"name": "sparse", "fingerprint": "synthetic"}).save(out)
+             {"train": split("train", [SHARD_TOKENS] * full + ([rest] if rest else [])),
+              "val": split("val", [1 << 20])}, source={"name": "sparse", "fingerprint": "synthetic"}).save(out)
     return out
 
 

@@ -1,5 +1,6 @@
 """The shard format: atomic writes, shard splitting, manifest checks."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,9 @@ from gpt4_lightning.data.shards import (
     MANIFEST,
     DataError,
     Manifest,
+    Shard,
     ShardWriter,
+    SplitShards,
     atomic_writer,
     token_dtype,
 )
@@ -55,6 +58,35 @@ def test_shard_writer_splits_and_round_trips(tmp_path):
     tokens = np.concatenate([np.asarray(m) for m in loaded.memmaps(tmp_path, "train")])
     assert np.array_equal(tokens, np.arange(2500) % 500)
     assert loaded.num_tokens("val") == 300
+
+
+def test_a_million_shards_make_a_small_manifest(tmp_path):
+    """The manifest lists a split's token counts run-length encoded and keeps the sha256s in checksums.sha256: at
+    a million shards it is a few hundred bytes and loads without a per-shard object (format version 1 put a name
+    and a sha256 per shard in the JSON: ~100 MB)."""
+    n = 1_000_000
+    digest = "0" * 64
+    sizes = [16_777_216] * (n - 1) + [1234]
+    manifest = Manifest(dtype="uint16", vocab_size=500, eos_id=0, tokenizer_file="tokenizer.json",
+                        tokenizer_sha256="-", splits={"train": SplitShards("train", sizes, [digest] * n)})
+    manifest.save(tmp_path)
+    assert (tmp_path / MANIFEST).stat().st_size < 2000
+    loaded = Manifest.load(tmp_path, check_sizes=False)
+    assert loaded.num_tokens("train") == 16_777_216 * (n - 1) + 1234 and len(loaded.splits["train"]) == n
+    assert loaded.splits["train"]._sha256 is None  # the checksums are read only when asked for
+    assert loaded.splits["train"][n - 1] == Shard("train_999999.bin", 1234, digest)
+    assert loaded.splits["train"][0] == Shard("train_00000.bin", 16_777_216, digest)
+
+
+def test_format_version_1_manifests_are_still_read(tmp_path):
+    manifest = write_dataset(tmp_path)
+    v1 = {**json.loads((tmp_path / MANIFEST).read_text()), "format_version": 1}
+    v1.pop("checksums")
+    v1["splits"] = {name: [dataclasses.asdict(s) for s in shards] for name, shards in manifest.splits.items()}
+    (tmp_path / MANIFEST).write_text(json.dumps(v1))
+    (tmp_path / "checksums.sha256").unlink()
+    loaded = Manifest.load(tmp_path, verify=True)
+    assert loaded.splits == manifest.splits and loaded.format_version == 1
 
 
 def test_truncated_shard_is_named(tmp_path):

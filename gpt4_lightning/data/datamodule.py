@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .permutation import Permutation
-from .shards import MANIFEST, DataError, Manifest
+from .shards import MANIFEST, DataError, Manifest, SplitShards, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ class Windows:
 
     def __init__(self, data_dir: str | Path, manifest: Manifest, split: str, seq_len: int) -> None:
         self.data_dir, self.split, self.seq_len = Path(data_dir), split, seq_len
-        shards = [s for s in manifest.splits.get(split, []) if s.tokens > 0]
-        self.paths = [self.data_dir / s.file for s in shards]
+        shards = manifest.splits.get(split) or SplitShards(split, [])
+        self.shard_index = np.flatnonzero(shards.tokens > 0)  # empty shards hold no window
         self.dtype = np.dtype(manifest.dtype).newbyteorder("<")  # shards are little-endian
-        tokens = np.array([s.tokens for s in shards], dtype=np.int64)
+        tokens = shards.tokens[self.shard_index]
         self.shard_bytes = tokens * self.dtype.itemsize
         per_shard = np.where(tokens > seq_len, (tokens - 1) // seq_len, 0)
         # window i lives in shard searchsorted(starts, i, "right") - 1, at local index i - starts[shard]
@@ -93,7 +93,7 @@ class Windows:
             return f
         while len(self._files) >= self.max_open:
             self._files.popitem(last=False)[1].close()
-        path = self.paths[shard]
+        path = self.path(shard)
         f = io.FileIO(path, "r")
         size = os.fstat(f.fileno()).st_size
         if size != self.shard_bytes[shard]:
@@ -102,6 +102,10 @@ class Windows:
                             "truncated or replaced after prepare; re-run prepare with overwrite=true")
         self._files[shard] = f
         return f
+
+    def path(self, shard: int) -> Path:
+        """The file of the `shard`-th non-empty shard (names are not kept: a million would cost ~100 MiB)."""
+        return self.data_dir / shard_name(self.split, int(self.shard_index[shard]))
 
     def close(self) -> None:
         while self._files:
@@ -120,7 +124,7 @@ class Windows:
                 f.seek(offset)
                 got = f.readinto(row)
             if got != row.nbytes:
-                raise DataError(f"shard {self.paths[s]} ended at byte {offset + got}, inside a window its manifest "
+                raise DataError(f"shard {self.path(s)} ended at byte {offset + got}, inside a window its manifest "
                                 "promised: truncated or replaced after setup; re-run prepare with overwrite=true")
         return buf.astype(np.int64)
 

@@ -87,6 +87,23 @@ def batches(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]
     yield from ((s, texts[s]) for s in SPLITS if texts[s])
 
 
+@contextlib.contextmanager
+def _sigterm_not_ignored() -> Iterator[None]:
+    """Fork the workers with SIGTERM's default action when this process ignores it (submitit jobs do): a worker
+    that had not yet run its initializer (which restores the default too) when `Pool.terminate()` signals it
+    would otherwise ignore the SIGTERM and be waited for forever. The window is the pool's start-up."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def encode(batches: Iterable[tuple[str, list[str]]], tokenizer_json: str, eos: int, dtype: str,
             num_proc: int) -> Iterator[tuple[str, np.ndarray, int, int]]:
     """(split, tokens, documents, bytes) per batch, in input order. With num_proc > 1 the batches
@@ -103,7 +120,8 @@ def encode(batches: Iterable[tuple[str, list[str]]], tokenizer_json: str, eos: i
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
-        pool = mp.get_context(method).Pool(num_proc, _init_worker, (tokenizer_json, eos, dtype, os.getpid()))
+        with _sigterm_not_ignored():
+            pool = mp.get_context(method).Pool(num_proc, _init_worker, (tokenizer_json, eos, dtype, os.getpid()))
     finally:
         if previous is None:
             del os.environ["TOKENIZERS_PARALLELISM"]

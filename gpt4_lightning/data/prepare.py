@@ -41,7 +41,6 @@ from .corpus import Corpus
 from .encode import batches as _batches
 from .encode import encode as _encode
 from .shards import (
-    FORMAT_VERSION,
     MANIFEST,
     SPLITS,
     DataError,
@@ -55,11 +54,13 @@ from .shards import (
 
 log = logging.getLogger(__name__)
 
+SHARD_FORMAT = 1
+
 CACHE_ENV = "GPT4_LIGHTNING_CACHE"
 TOKENIZER_FILE = "tokenizer.json"
 LOCK_FILE = ".prepare.lock"
 _SHARD = re.compile(r"^(train|val)_\d{5,}\.bin$")  # 5 digits, more past 99 999 shards
-_TEMPORARY = re.compile(r"^\.((train|val)_\d{5,}\.bin|tokenizer\.json|manifest\.json)\..+\.tmp$")
+_TEMPORARY = re.compile(r"^\.((train|val)_\d{5,}\.bin|tokenizer\.json|manifest\.json|checksums\.sha256)\..+\.tmp$")
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +71,9 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(corpus: Corpus, tok_cfg: TokenizerConfig, val_fraction: float, shard_tokens: int) -> str:
-    payload = {"format_version": FORMAT_VERSION, "inputs": corpus.describe(), "text_field": corpus.text_field,
+    # "format_version" is the shards' format, 1 still: manifest version 2 only lists them compactly, so outputs
+    # prepared under either manifest version are reused (the key keeps every existing fingerprint valid)
+    payload = {"format_version": SHARD_FORMAT, "inputs": corpus.describe(), "text_field": corpus.text_field,
                "val_fraction": val_fraction, "shard_tokens": shard_tokens, "tokenizer": tok.describe(tok_cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -296,7 +299,7 @@ def _write(out: Path, corpus: Corpus, documents: Iterable[tuple[str, str]], toke
 
 
 def _remove_stale_shards(out: Path, manifest: Manifest) -> None:
-    current = {s.file for shards in manifest.splits.values() for s in shards}
+    current = {shards.file(i) for shards in manifest.splits.values() for i in range(len(shards))}
     for path in out.iterdir():
         if _SHARD.match(path.name) and path.name not in current:
             path.unlink(missing_ok=True)
