@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .permutation import Permutation
-from .shards import MANIFEST, DataError, Manifest, SplitShards, shard_name
+from .shards import MANIFEST, REPREPARE, DataError, Manifest, SplitShards, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Windows:
         if size != self.shard_bytes[shard]:
             f.close()
             raise DataError(f"shard {path} has {size} bytes but its manifest says {self.shard_bytes[shard]}: "
-                            "truncated or replaced after prepare; re-run prepare with overwrite=true")
+                            "truncated or replaced after prepare; " + REPREPARE)
         self._files[shard] = f
         return f
 
@@ -125,7 +125,7 @@ class Windows:
                 got = f.readinto(row)
             if got != row.nbytes:
                 raise DataError(f"shard {self.path(s)} ended at byte {offset + got}, inside a window its manifest "
-                                "promised: truncated or replaced after setup; re-run prepare with overwrite=true")
+                                "promised: truncated or replaced after setup; " + REPREPARE)
         return buf.astype(np.int64)
 
 
@@ -312,7 +312,7 @@ class GPT4DataModule(L.LightningDataModule):
         train = Windows(self.data_dir, manifest, "train", self.seq_len)
         if train.total_tokens == 0:
             raise DataError(f"split 'train' of {path} has no tokens (empty corpus); point data at a non-empty "
-                            "corpus and re-run prepare with overwrite=true")
+                            "corpus and " + REPREPARE)
         self._check_windows(train, path)
         val = Windows(self.data_dir, manifest, "val", self.seq_len)
         if val.total_tokens:

@@ -37,6 +37,8 @@ CHECKSUMS = "checksums.sha256"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "val")
+# the fix for a damaged prepared directory, and what it costs
+REPREPARE = "re-run prepare with overwrite=true (it re-tokenizes the corpus into the directory, replacing it)"
 
 
 def shard_name(split: str, index: int) -> str:
@@ -174,7 +176,7 @@ def read_checksums(path: Path, split: str, count: int) -> list[str]:
     try:
         return [found[shard_name(split, i)] for i in range(count)]
     except KeyError as e:
-        raise DataError(f"{path} has no sha256 for shard {e.args[0]}; re-run prepare with overwrite=true") from e
+        raise DataError(f"{path} has no sha256 for shard {e.args[0]}; " + REPREPARE) from e
 
 
 @dataclass
@@ -226,16 +228,16 @@ class Manifest:
                             "or point data.dir (train) / data_dir (evaluate) at a prepared directory")
         path = data_dir / MANIFEST
         if path.exists() and not path.is_file():
-            raise DataError(f"{path} is not a regular file; re-run prepare with overwrite=true")
+            raise DataError(f"{path} is not a regular file; " + REPREPARE)
         if not path.is_file():
             raise DataError(f"{path} is missing: {data_dir} is not a prepared data directory (or prepare did not "
                             "finish); run `python -m gpt4_lightning.prepare` for it")
         try:
             raw = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path} is not valid JSON ({e}); re-run prepare with overwrite=true") from e
+            raise DataError(f"{path} is not valid JSON ({e}); " + REPREPARE) from e
         if not isinstance(raw, dict):
-            raise DataError(f"{path} is not a manifest (a JSON object); re-run prepare with overwrite=true")
+            raise DataError(f"{path} is not a manifest (a JSON object); " + REPREPARE)
         version = raw.get("format_version")
         if version not in READABLE_VERSIONS:
             raise DataError(f"{path} has format_version {version!r}, this gpt4_lightning reads versions "
@@ -271,21 +273,20 @@ class Manifest:
                         st = os.stat(shards.file(i), dir_fd=directory)
                     except FileNotFoundError:
                         raise DataError(f"shard {data_dir / shards.file(i)} listed in {data_dir / MANIFEST} is "
-                                        "missing; re-run prepare with overwrite=true") from None
+                                        "missing; " + REPREPARE) from None
                     sizes[i] = st.st_size if stat.S_ISREG(st.st_mode) else -1
                 for i in np.flatnonzero(sizes != shards.tokens * itemsize)[:1].tolist():
                     path, tokens = data_dir / shards.file(i), int(shards.tokens[i])
                     if sizes[i] < 0:
                         raise DataError(f"shard {path} listed in {data_dir / MANIFEST} is not a regular file (a "
-                                        "directory?); re-run prepare with overwrite=true")
+                                        "directory?); " + REPREPARE)
                     raise DataError(f"shard {path} has {sizes[i]} bytes but the manifest says {tokens} tokens "
-                                    f"({tokens * itemsize} bytes): truncated or replaced; re-run prepare "
-                                    "with overwrite=true")
+                                    f"({tokens * itemsize} bytes): truncated or replaced; " + REPREPARE)
                 if verify:
                     for i, digest in enumerate(shards.sha256):
                         if sha256_file(data_dir / shards.file(i)) != digest:
                             raise DataError(f"shard {data_dir / shards.file(i)} fails its sha256 check (corrupt); "
-                                            "re-run prepare with overwrite=true")
+                                            + REPREPARE)
         finally:
             os.close(directory)
 
