@@ -44,11 +44,13 @@ def build_data(run: TrainConfig) -> GPT4DataModule:
     is already there (the usual case: prepared once, trained many times), else in `setup` after Lightning's
     barrier, which rank 0 reaches only once it has prepared."""
     rank_zero = is_global_rank_zero()
-    data_dir = prepared_dir(run) or (prepare(run) if rank_zero else planned_dir(run))
+    given = prepared_dir(run)
+    data_dir = given or (prepare(run) if rank_zero else planned_dir(run))
+    check = rank_zero and given is not None  # prepare() has just checked (or written) every shard itself
     datamodule = GPT4DataModule(data_dir, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
                                 num_workers=run.data.num_workers, seed=run.data.seed,
-                                verify=run.data.verify and rank_zero, max_token_id=run.model.num_tokens,
-                                check_sizes=rank_zero)
+                                verify=run.data.verify and check, max_token_id=run.model.num_tokens,
+                                check_sizes=check)
     if rank_zero or (not run.overwrite and (data_dir / MANIFEST).is_file()):
         datamodule.setup()  # the manifest, vocab and window checks, in a second
     return datamodule
