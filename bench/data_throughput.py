@@ -13,12 +13,27 @@ tokenizer.json (`tokenizer=file`, so BPE training is not timed) against one plai
 
     python bench/data_throughput.py                 # the stdlib corpus (prepared once, cached)
     python bench/data_throughput.py --out /tmp/d.json --seq-len 256 --batch-size 8
+    python bench/data_throughput.py --skip-prepare --baseline-tree /tmp/base   # before/after, one run
+
+`--baseline-tree DIR` (another checkout of this repository, e.g. `git worktree add /tmp/base <rev>`) adds
+that tree's `GPT4DataModule` as rows `baseline_datamodule_*`, read in the same run (imported under another
+package name), and a `vs baseline` column (best pass against best pass; the JSON adds the median over
+passes of the ratio within each turn): a before/after comparison that machine noise between runs cannot
+blur.
+
+Each reader row is the best of `--repeat` passes (default 5), the readers taking turns pass by pass (in
+forward, then reverse order), so a burst of load on a shared machine hits every row alike and the ratios
+hold (one pass of the stdlib corpus is ~0.5 s; single passes varied by +-30 % on the 2-core VM).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,9 +73,22 @@ def raw_memmap_windows(data_dir: Path, manifest: Manifest, seq_len: int, batch_s
     return tokens, time.perf_counter() - start
 
 
+def baseline_datamodule(tree: Path) -> type:
+    """`GPT4DataModule` of the checkout at `tree`, imported as package `gpt4l_baseline` (its data code uses
+    relative imports only), so both versions run in one process; forked loader workers inherit it."""
+    spec = importlib.util.spec_from_file_location("gpt4l_baseline", tree / "gpt4_lightning" / "__init__.py",
+                                                  submodule_search_locations=[str(tree / "gpt4_lightning")])
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"error: --baseline-tree {tree} has no gpt4_lightning package")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["gpt4l_baseline"] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module("gpt4l_baseline.data.datamodule").GPT4DataModule
+
+
 def loader_read(data_dir: Path, seq_len: int, batch_size: int, num_workers: int,
-                max_batches: int | None) -> tuple[int, float]:
-    datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
+                max_batches: int | None, datamodule_class: type = GPT4DataModule) -> tuple[int, float]:
+    datamodule = datamodule_class(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
     datamodule.setup("fit")
     loader = datamodule.make_train_loader()
     iterator = iter(loader)
@@ -99,35 +127,61 @@ def main() -> None:
     p.add_argument("--max-batches", type=int, default=None, help="per loader run (default: a whole epoch)")
     p.add_argument("--train-tokens-per-s", type=float, default=3600.0,
                    help="what training consumes (gpt4_tiny default run on this CPU, see BENCHMARKS.md)")
-    p.add_argument("--skip-prepare", action="store_true")
+    p.add_argument("--repeat", type=int, default=5, help="passes per reader; the best is reported")
+    p.add_argument("--baseline-tree", type=Path, default=None,
+                   help="another checkout whose DataModule is read in the same run (rows baseline_*)")
+    p.add_argument("--skip-prepare", action="store_true", help="do not time prepare against encode_batch")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="read this prepared directory (default: the stdlib corpus, prepared once and cached)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "data_throughput.json")
     args = p.parse_args()
 
-    data_dir = prepare(compose_config("prepare"))  # the stdlib corpus, cached
+    data_dir = args.data_dir or prepare(compose_config("prepare"))  # the stdlib corpus, cached
     manifest = Manifest.load(data_dir)
+    readers = {
+        "raw_memmap_sequential": lambda: raw_memmap_read(data_dir, manifest),
+        "raw_memmap_windows": lambda: raw_memmap_windows(data_dir, manifest, args.seq_len, args.batch_size),
+        **{f"datamodule_{w}_workers": (lambda w=w: loader_read(data_dir, args.seq_len, args.batch_size, w,
+                                                               args.max_batches)) for w in (0, 2)},
+    }
+    if args.baseline_tree is not None:
+        baseline = baseline_datamodule(args.baseline_tree.resolve())
+        for w in (0, 2):
+            readers[f"baseline_datamodule_{w}_workers"] = (
+                lambda w=w: loader_read(data_dir, args.seq_len, args.batch_size, w, args.max_batches, baseline))
+    passes: dict[str, list[tuple[int, float]]] = {name: [] for name in readers}
+    turn = list(readers.items())
+    for i in range(args.repeat):  # forward, then backward (ABBA): a reader's place in the turn (what ran just
+        for name, read in turn if i % 2 == 0 else turn[::-1]:  # before it) moved a 2-worker row by 10 %
+            passes[name].append(read())
     rows: dict[str, dict[str, float]] = {}
-    tokens, seconds = raw_memmap_read(data_dir, manifest)
-    rows["raw_memmap_sequential"] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
-    tokens, seconds = raw_memmap_windows(data_dir, manifest, args.seq_len, args.batch_size)
-    rows["raw_memmap_windows"] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
-    for workers in (0, 2):
-        tokens, seconds = loader_read(data_dir, args.seq_len, args.batch_size, workers, args.max_batches)
-        rows[f"datamodule_{workers}_workers"] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    for name, results in passes.items():
+        tokens, seconds = min(results, key=lambda r: r[1])
+        rows[name] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                      "pass_seconds": [r[1] for r in results]}
     raw, raw_windows = rows["raw_memmap_sequential"]["tokens_per_s"], rows["raw_memmap_windows"]["tokens_per_s"]
     for row in rows.values():
         row["vs_raw"] = row["tokens_per_s"] / raw
         row["vs_raw_windows"] = row["tokens_per_s"] / raw_windows
         row["vs_training"] = row["tokens_per_s"] / args.train_tokens_per_s
+    for w in (0, 2):
+        if f"baseline_datamodule_{w}_workers" in rows:
+            ours, theirs = rows[f"datamodule_{w}_workers"], rows[f"baseline_datamodule_{w}_workers"]
+            ours["vs_baseline"] = ours["tokens_per_s"] / theirs["tokens_per_s"]  # best pass / best pass
+            paired = [b / a for a, b in zip(ours["pass_seconds"], theirs["pass_seconds"], strict=True)]
+            ours["vs_baseline_paired_median"] = statistics.median(paired) * ours["tokens"] / theirs["tokens"]
 
     print(f"data: {data_dir}  ({manifest.num_tokens('train'):,} train tokens, seq_len {args.seq_len}, "
           f"batch {args.batch_size})")
-    print(f"{'reader':<26}{'tokens/s':>16}{'vs raw':>10}{'vs raw windows':>16}{'vs training':>14}")
+    print(f"{'reader':<34}{'tokens/s':>16}{'vs raw':>10}{'vs raw windows':>16}{'vs training':>14}{'vs baseline':>13}")
     for name, row in rows.items():
-        print(f"{name:<26}{row['tokens_per_s']:>16,.0f}{row['vs_raw']:>10.3f}{row['vs_raw_windows']:>16.3f}"
-              f"{row['vs_training']:>14,.0f}")
-    result = {"config": vars(args) | {"out": str(args.out)}, "data_dir": str(data_dir), "read": rows,
+        vs_baseline = f"{row['vs_baseline']:>13.3f}" if "vs_baseline" in row else ""
+        print(f"{name:<34}{row['tokens_per_s']:>16,.0f}{row['vs_raw']:>10.3f}{row['vs_raw_windows']:>16.3f}"
+              f"{row['vs_training']:>14,.0f}{vs_baseline}")
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {"config": config, "data_dir": str(data_dir), "read": rows,
               "machine": machine_info()}
-    if not args.skip_prepare:
+    if not args.skip_prepare and args.data_dir is None:
         prep = prepare_vs_encode_batch(data_dir, manifest)
         result["prepare"] = prep
         print(f"{'writer':<26}{'MB/s of text':>16}{'ratio':>10}")

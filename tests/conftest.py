@@ -48,8 +48,9 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
-def run(workdir: Path, entry: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(workdir / "cache")}
+def run(workdir: Path, entry: str, *args: str, check: bool = True,
+        cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(cache or workdir / "cache")}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([sys.executable, "-m", f"gpt4_lightning.{entry}", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=600)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpt4_lightning import GPT4
@@ -56,3 +57,39 @@ def test_attention_kernels_quick(tmp_path):
     assert results["flex_alibi"]["pass"] == "fwd" and results["sdpa_causal"]["pass"] == "fwd+bwd"  # CPU: no flex bwd
     assert results["flex_alibi"]["max_abs_diff_vs_alibi"] < 1e-4  # the same ALiBi attention as the dense path
     assert all(r["ms"] > 0 for r in results.values()) and report["ratios"]["flex_alibi_ms_vs_sdpa_causal"] > 0
+
+
+@pytest.mark.slow
+def test_data_throughput_against_a_baseline_tree(tmp_path):
+    """bench/data_throughput.py on a small prepared directory, with this checkout as its own baseline: every
+    reader row is there, the baseline tree's DataModule is read in the same run, and the ratios are its rows'."""
+    from gpt4_lightning.data.shards import Manifest, ShardWriter
+
+    data = tmp_path / "data"
+    data.mkdir()
+    splits = {}
+    for split, tokens in (("train", 200_000), ("val", 5_000)):
+        writer = ShardWriter(data, split, np.dtype(np.uint16), 60_000)
+        writer.add(np.arange(tokens) % 1000)
+        splits[split] = writer.close()
+    Manifest("uint16", 1000, 0, "tokenizer.json", "", splits).save(data)
+    out = tmp_path / "d.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/data_throughput.py", "--data-dir", str(data), "--repeat", "2", "--seq-len", "64",
+         "--baseline-tree", str(REPO), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["read"]
+    assert set(rows) == {"raw_memmap_sequential", "raw_memmap_windows", "datamodule_0_workers",
+                         "datamodule_2_workers", "baseline_datamodule_0_workers", "baseline_datamodule_2_workers"}
+    windows = (60_000 - 1) // 64 * 3 + (20_000 - 1) // 64  # shards of 60k, 60k, 60k, 20k tokens
+    for name in ("datamodule_0_workers", "baseline_datamodule_0_workers"):
+        assert rows[name]["tokens"] == (windows // 8 - 1) * 8 * 65  # whole batches of 8, after the first
+        assert len(rows[name]["pass_seconds"]) == 2 and rows[name]["seconds"] == min(rows[name]["pass_seconds"])
+    for w in (0, 2):
+        ours, theirs = rows[f"datamodule_{w}_workers"], rows[f"baseline_datamodule_{w}_workers"]
+        assert ours["vs_baseline"] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"], rel=1e-9)
+        paired = sorted(b / a for a, b in zip(ours["pass_seconds"], theirs["pass_seconds"], strict=True))
+        assert ours["vs_baseline_paired_median"] == pytest.approx((paired[0] + paired[1]) / 2, rel=1e-9)
+    assert "vs baseline" in proc.stdout

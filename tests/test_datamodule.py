@@ -377,7 +377,7 @@ def test_shard_truncated_after_setup_is_named(data: Path):
 
 def test_readers_keep_a_bounded_number_of_files_open(tmp_path: Path):
     """More shards than a reader may keep open: every window still reads right, and the open files stay at the
-    cap (the least recently used is closed), so any shard count works under `ulimit -n 1024`."""
+    cap (the longest open is closed), so any shard count works under `ulimit -n 1024`."""
     sizes = [2 * SEQ + 1] * 40  # 40 shards of 2 windows each
     data = write_data(tmp_path / "many", sizes, [SEQ + 1])
     dm = GPT4DataModule(data, seq_len=SEQ, batch_size=4, seed=3)

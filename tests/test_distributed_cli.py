@@ -23,10 +23,16 @@ def args(workdir, name: str, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy):
+def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy, tmp_path):
     run(workdir, "train", *args(workdir, f"one_{strategy}", "data.batch_size=8"))
-    run(workdir, "train", *args(workdir, f"two_{strategy}", f"trainer={strategy}", "trainer.accelerator=cpu",
-                                "trainer.devices=2", "data.batch_size=4"))
+    # DDP starts with an empty cache: rank 0 prepares the data once, rank 1 waits for it and reads the same
+    cache = tmp_path / "cold" if strategy == "ddp" else None
+    proc = run(workdir, "train", *args(workdir, f"two_{strategy}", f"trainer={strategy}", "trainer.accelerator=cpu",
+                                       "trainer.devices=2", "data.batch_size=4"), cache=cache)
+    if cache is not None:
+        rank0, rank1 = (workdir / "outputs" / "two_ddp" / name for name in ("train.log", "train_ddp_process_1.log"))
+        assert f"prepared {cache}" in rank0.read_text(), proc.stdout[-3000:]
+        assert "prepar" not in rank1.read_text() and "reusing" not in rank1.read_text()
     one = step_losses(workdir / "outputs" / f"one_{strategy}")
     two = step_losses(workdir / "outputs" / f"two_{strategy}")
     assert sorted(one) == sorted(two) and len(one) >= 9

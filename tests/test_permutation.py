@@ -32,6 +32,20 @@ def test_seed_and_epoch_change_the_order():
     assert np.array_equal(base, Permutation(1000, 1, 0)(np.arange(1000)))  # reproducible
 
 
+def test_the_order_is_the_one_checkpoints_were_written_with():
+    """A checkpoint's data position means "this far into this order": the ids must not change between versions
+    (these are the ids of the first implementation, before its numpy and scalar paths were optimised)."""
+    assert Permutation(1_000_003, 7, 2)(np.arange(8)).tolist() == [13003, 721415, 681706, 549230, 113856, 381805,
+                                                                   871568, 52200]
+    assert Permutation(13, 7, 2)(np.arange(13)).tolist() == [8, 0, 7, 5, 1, 2, 12, 9, 3, 4, 11, 6, 10]
+
+
+def test_the_scalar_tail_computes_the_same_network():
+    perm = Permutation(1_000_003, 3, 1)
+    x = np.random.default_rng(0).integers(0, 1 << (2 * perm.half), 1000, dtype=np.uint64)
+    assert perm._network(x.copy()).tolist() == [perm._network_int(int(v)) for v in x]
+
+
 def test_positions_outside_the_domain_are_refused():
     with pytest.raises(IndexError):
         Permutation(10, 0)(np.array([10]))

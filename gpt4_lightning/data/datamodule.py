@@ -34,7 +34,6 @@ import io
 import logging
 import math
 import os
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,13 +50,13 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 1: the order was a materialised numpy permutation
 MAX_OPEN_SHARDS = 64  # per process (each DataLoader worker, each rank): any shard count fits `ulimit -n 1024`
-STEPS_PER_CHUNK = 64  # train positions mapped to window ids this many steps at a time (one vectorised call)
+IDS_PER_CHUNK = 16384  # train positions mapped to window ids ~this many at a time (one vectorised call, 128 KiB)
 
 
 class Windows:
     """The `seq_len + 1`-token windows of one split, read with positional reads (`os.preadv`) from shard
     files opened lazily in the process (or DataLoader worker) that reads them, at most `MAX_OPEN_SHARDS` at a
-    time (least recently used closed first); pickling drops the handles. A shard's size is checked against the
+    time (the longest open closed first); pickling drops the handles. A shard's size is checked against the
     manifest when it is opened.
 
     Why not `np.memmap` slicing: pages read through a map stay mapped into the process and count in its
@@ -80,19 +79,17 @@ class Windows:
         self.num_windows = int(self.starts[-1])
         self.max_shard_tokens = int(tokens.max()) if len(tokens) else 0
         self.total_tokens = int(tokens.sum())
-        self._files: OrderedDict[int, io.FileIO] = OrderedDict()
+        self._files: dict[int, io.FileIO] = {}
         self.max_open = MAX_OPEN_SHARDS
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": OrderedDict()}
+        return {**self.__dict__, "_files": {}}
 
-    def _file(self, shard: int) -> io.FileIO:
-        f = self._files.get(shard)
-        if f is not None:
-            self._files.move_to_end(shard)
-            return f
+    def _open(self, shard: int) -> io.FileIO:
+        """Open `shard`, closing the longest-open file first when `max_open` are open (FIFO: under random window
+        order it evicts as well as LRU does, and a hit costs one dict lookup, nothing to reorder)."""
         while len(self._files) >= self.max_open:
-            self._files.popitem(last=False)[1].close()
+            self._files.pop(next(iter(self._files))).close()
         path = self.path(shard)
         f = io.FileIO(path, "r")
         size = os.fstat(f.fileno()).st_size
@@ -116,17 +113,19 @@ class Windows:
         shard = np.searchsorted(self.starts, ids, side="right") - 1
         offsets = (ids - self.starts[shard]) * (self.seq_len * self.dtype.itemsize)
         buf = np.empty((len(ids), self.seq_len + 1), dtype=self.dtype)
+        files, nbytes = self._files, buf.itemsize * buf.shape[1]
         for row, s, offset in zip(buf, shard.tolist(), offsets.tolist(), strict=True):
-            f = self._file(s)
-            if _HAS_PREADV:
-                got = os.preadv(f.fileno(), [row], offset)
-            else:
-                f.seek(offset)
-                got = f.readinto(row)
-            if got != row.nbytes:
+            f = files.get(s) or self._open(s)
+            got = os.preadv(f.fileno(), [row], offset) if _HAS_PREADV else _seek_read(f, row, offset)
+            if got != nbytes:
                 raise DataError(f"shard {self.path(s)} ended at byte {offset + got}, inside a window its manifest "
                                 "promised: truncated or replaced after setup; " + REPREPARE)
         return buf.astype(np.int64)
+
+
+def _seek_read(f: io.FileIO, row: np.ndarray, offset: int) -> int:
+    f.seek(offset)  # no preadv (macOS before 11, Windows): each process owns its handles, so seek + read is safe
+    return f.readinto(row)
 
 
 _HAS_PREADV = hasattr(os, "preadv")
@@ -170,8 +169,9 @@ class TrainBatches(IterableDataset):
         step, consumed, batch = self.step_windows, self.consumed, self.batch_size
         order = self.permutation(self.epoch)
         mine = range(worker, (self.windows.num_windows - consumed) // step, num_workers)  # this worker's steps
-        for start in range(0, len(mine), STEPS_PER_CHUNK):
-            steps = np.array(mine[start : start + STEPS_PER_CHUNK], dtype=np.int64)
+        chunk = max(1, IDS_PER_CHUNK // batch)  # steps
+        for start in range(0, len(mine), chunk):
+            steps = np.array(mine[start : start + chunk], dtype=np.int64)
             firsts = consumed + steps * step + self.rank * batch
             ids = order((firsts[:, None] + np.arange(batch)).ravel()).reshape(len(steps), batch)
             for row in ids:

@@ -19,14 +19,15 @@ import hashlib
 import numpy as np
 
 ROUNDS = 6
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+SCALAR_TAIL = 16  # cycle-walk the last few out-of-range ids in Python ints: a numpy pass costs ~150 µs at any size
+_MASK64 = (1 << 64) - 1
+_M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
-def round_keys(seed: int, epoch: int, rounds: int = ROUNDS) -> np.ndarray:
+def round_keys(seed: int, epoch: int, rounds: int = ROUNDS) -> list[int]:
     """`rounds` 64-bit keys for (seed, epoch)."""
-    keys = [int.from_bytes(hashlib.blake2b(f"{seed}:{epoch}:{r}".encode(), digest_size=8,
+    return [int.from_bytes(hashlib.blake2b(f"{seed}:{epoch}:{r}".encode(), digest_size=8,
                                            person=b"gpt4l-perm").digest(), "little") for r in range(rounds)]
-    return np.array(keys, dtype=np.uint64)
 
 
 class Permutation:
@@ -39,27 +40,55 @@ class Permutation:
         self.n = n
         bits = max(2, (n - 1).bit_length())
         self.half = (bits + 1) // 2
-        self._shift, self._mask = np.uint64(self.half), np.uint64((1 << self.half) - 1)
+        self._mask = (1 << self.half) - 1
         self._keys = round_keys(seed, epoch)
+        self._np_keys = np.array(self._keys, dtype=np.uint64)
 
     def _network(self, x: np.ndarray) -> np.ndarray:
-        """One pass of the Feistel network over `[0, 2^(2·half))` (uint64 in, uint64 out)."""
-        left, right = x >> self._shift, x & self._mask
+        """One pass of the Feistel network over `[0, 2^(2·half))` (uint64 in, uint64 out; in place on
+        temporaries: the arrays are a chunk of a step's ids, so numpy's per-call cost dominates)."""
+        shift, mask = np.uint64(self.half), np.uint64(self._mask)
+        left, right = x >> shift, x & mask
+        z = np.empty_like(x)
+        for key in self._np_keys:
+            np.bitwise_xor(right, key, out=z)
+            z ^= z >> np.uint64(30)
+            z *= np.uint64(_M1)  # uint64 arithmetic wraps (no overflow check on arrays)
+            z ^= z >> np.uint64(27)
+            z *= np.uint64(_M2)
+            z ^= z >> np.uint64(31)
+            z &= mask
+            z ^= left
+            left, right, z = right, z, left
+        left <<= shift
+        left |= right
+        return left
+
+    def _network_int(self, x: int) -> int:
+        """`_network` of one id, in Python ints (the same function, bit for bit)."""
+        left, right = x >> self.half, x & self._mask
         for key in self._keys:
             z = right ^ key
-            z = (z ^ (z >> np.uint64(30))) * _M1  # uint64 arithmetic wraps (no overflow check on arrays)
-            z = (z ^ (z >> np.uint64(27))) * _M2
-            z ^= z >> np.uint64(31)
+            z = ((z ^ (z >> 30)) * _M1) & _MASK64
+            z = ((z ^ (z >> 27)) * _M2) & _MASK64
+            z ^= z >> 31
             left, right = right, left ^ (z & self._mask)
-        return (left << self._shift) | right
+        return (left << self.half) | right
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n):
             raise IndexError(f"positions must be in [0, {self.n})")
         out = self._network(ids.astype(np.uint64))
-        outside = out >= np.uint64(self.n)
-        while outside.any():  # cycle-walking: stays a bijection on [0, n)
-            out[outside] = self._network(out[outside])
-            outside = out >= np.uint64(self.n)
+        n = np.uint64(self.n)
+        outside = np.flatnonzero(out >= n)
+        while len(outside) > SCALAR_TAIL:  # cycle-walking: stays a bijection on [0, n)
+            walked = self._network(out[outside])
+            out[outside] = walked
+            outside = outside[walked >= n]
+        for i in outside.tolist():
+            x = int(out[i])
+            while x >= self.n:
+                x = self._network_int(x)
+            out[i] = x
         return out.astype(np.int64)
