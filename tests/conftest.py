@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,22 @@ def slurm(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mix_args(workdir) -> Callable[[list[str]], list[str]]:
+    """Two prepared sources with one tokenizer — web (the corpus's first 45 documents) and code (the other 15) —
+    and a function turning `train_args` into the same run on `data=mix` of them at 0.75/0.25."""
+    lines = (workdir / "corpus.jsonl").read_text().splitlines(keepends=True)
+    web, code = workdir / "mix" / "web", workdir / "mix" / "code"
+    for path, part in ((workdir / "mix_web.jsonl", lines[:45]), (workdir / "mix_code.jsonl", lines[45:])):
+        path.write_text("".join(part))
+    run(workdir, "prepare", "data=files", f"data.path={workdir / 'mix_web.jsonl'}", f"data.dir={web}",
+        "tokenizer.vocab_size=512", "data.val_fraction=0.1")
+    run(workdir, "prepare", "data=files", f"data.path={workdir / 'mix_code.jsonl'}", f"data.dir={code}",
+        "tokenizer=file", f"tokenizer.path={web / 'tokenizer.json'}", "data.val_fraction=0.1")
+    sources = f"data.sources=[{{name:web,dir:{web},weight:0.75}},{{name:code,dir:{code},weight:0.25}}]"
+
+    def on_mix(args: list[str]) -> list[str]:
+        return [a for a in args if not a.startswith(("data=", "data.path="))] + ["data=mix", sources]
+    return on_mix

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import run, train_args
@@ -122,6 +123,25 @@ def bad(workdir) -> SimpleNamespace:
     tokenizer = Tokenizer.from_file(str(data_dir / "tokenizer.json"))
     tokenizer.add_tokens(["<zzz>"])  # id 512: one past the model's num_tokens
     tokenizer.save(str(root / "bigger_tokenizer.json"))
+    # mixture sources: the base data prepared with another tokenizer, and a source too short for seq_len=64
+    other = root / "data_other_tokenizer"
+    shutil.copytree(data_dir, other, ignore=shutil.ignore_patterns(".prepare.lock"))
+    shutil.copy(root / "bigger_tokenizer.json", other / "tokenizer.json")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer_sha256"] = hashlib.sha256((other / "tokenizer.json").read_bytes()).hexdigest()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    from gpt4_lightning.data.shards import Manifest, ShardWriter
+
+    short = root / "data_short"
+    short.mkdir()
+    shutil.copy(data_dir / "tokenizer.json", short / "tokenizer.json")
+    splits = {}
+    for split in ("train", "val"):
+        writer = ShardWriter(short, split, np.dtype(np.uint16), 1000)
+        writer.add(np.arange(40) % 512)  # 40 tokens: no window of 65
+        splits[split] = writer.close()
+    base = json.loads((data_dir / "manifest.json").read_text())
+    Manifest("uint16", 512, base["eos_id"], "tokenizer.json", base["tokenizer_sha256"], splits).save(short)
     return SimpleNamespace(root=root, ckpt=ckpt, data_dir=data_dir, common=common)
 
 
@@ -164,6 +184,7 @@ def cli(*bad_args: str) -> Callable[[SimpleNamespace, str], list[str]]:
 GPUS = torch.cuda.device_count()
 CPUS = os.cpu_count() or 1
 LONG_PROMPT = " ".join(["word"] * 300)
+MIX = "data.sources=[{{{{name:{a},dir:{{b.data_dir}},weight:1}}}},{{{{name:{b},dir:{{b.data_dir}},weight:{w}}}}}]"
 
 CASES = [
     # --- config
@@ -219,6 +240,31 @@ CASES = [
          ["vocab of", "is 512", "num_tokens=256", "set model.num_tokens >= 512"], [pytest.mark.slow]),
     Case("shard-unreadable", "evaluate", cli("ckpt_path={b.ckpt}", "data_dir={b.root}/data_dir_shard"),
          ["data_dir_shard/val_00000.bin", "not a regular file", "overwrite=true"]),
+    # --- data mixtures (data=mix)
+    Case("mix-no-sources", "train", train("data=mix"), ["data=mix needs its sources", "data.sources=[{name:"]),
+    Case("mix-key-misspelt", "train", train("data=mix", "data.sources=[{{name:a,dri:x,weight:1}}]"),
+         ["data.sources", "dri is not a field of SourceConfig", "did you mean dir?"]),
+    Case("mix-names-repeated", "train", train("data=mix", MIX.format(a="a", b="a", w="1")),
+         ["data.sources names must be unique", "a given more than once"]),
+    Case("mix-weight-zero", "train", train("data=mix", MIX.format(a="a", b="b", w="0")),
+         ["weight of 'b' is 0.0", "must be > 0"]),
+    Case("mix-tokenizers-differ", "train",
+         train("data=mix", "data.sources=[{{name:base,dir:{b.data_dir},weight:1}},"
+                           "{{name:other,dir:{b.root}/data_other_tokenizer,weight:1}}]"),
+         ["'base'", "'other'", "different tokenizers", "prepare every source with one tokenizer"]),
+    Case("mix-vocab-over-num-tokens", "train", train("data=mix", MIX.format(a="a", b="b", w="1"),
+                                                     "model.num_tokens=256"),
+         ["vocab of the data.sources is 512", "num_tokens=256", "set model.num_tokens >= 512"]),
+    Case("mix-seq-len-too-long", "train",
+         train("data=mix", "data.sources=[{{name:base,dir:{b.data_dir},weight:1}},"
+                           "{{name:short,dir:{b.root}/data_short,weight:1}}]"),
+         ["seq_len=64 needs 65 tokens", "source 'short'", "lower data.seq_len"]),
+    Case("mix-source-missing", "train",
+         train("data=mix", "data.sources=[{{name:base,dir:{b.data_dir},weight:1}},{{name:gone,dir:{b.root}/nope,"
+                           "weight:1}}]"),
+         ["data.sources 'gone'", "nope does not exist"]),
+    Case("mix-prepare", "prepare", cli("data=mix", "data.sources=[{{name:a,dir:{b.data_dir},weight:1}}]"),
+         ["data=mix", "nothing to prepare", "prepare each source"]),
     # --- checkpoints
     Case("ckpt-missing-evaluate", "evaluate", cli("ckpt_path={b.root}/nope.ckpt"),
          ["ckpt_path=", "nope.ckpt", "no such checkpoint", "check the path"]),

@@ -1,11 +1,12 @@
-"""A prepared directory is the contract: train and evaluate from `data.dir` alone, at any shard count."""
+"""A prepared directory is the contract: train and evaluate from `data.dir` alone, at any shard count; a mixture
+of prepared directories logs each source and is evaluated per source."""
 
 import os
 import subprocess
 import sys
 
 import pytest
-from conftest import TINY_MODEL, run
+from conftest import TINY_MODEL, run, step_metric, train_args
 
 
 def run_with_open_file_limit(workdir, limit: int, entry: str, *args: str) -> subprocess.CompletedProcess:
@@ -40,3 +41,24 @@ def test_train_and_evaluate_from_a_prepared_dir_alone_with_more_shards_than_open
                                     "max_batches=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "val loss" in proc.stdout and str(prepared) in proc.stdout
+
+
+@pytest.mark.slow
+def test_mixture_logs_each_source_and_evaluate_scores_each(workdir, mix_args):
+    name = "mix_logged"
+    run(workdir, "train", *mix_args([a for a in train_args(workdir, 20) if not a.startswith("run_name=")]),
+        f"run_name={name}")
+    run_dir = workdir / "outputs" / name
+    web, code = (step_metric(run_dir, f"data/{source}/windows") for source in ("web", "code"))
+    assert sorted(web) == sorted(code) == [4, 9, 14, 19]
+    for step in web:  # windows drawn by step `step` (0-based): all of the run's, split by the weights
+        assert web[step] + code[step] == (step + 1) * 8
+    assert abs(code[19] / 160 - 0.25) < 0.05 and step_metric(run_dir, "data/code/epoch")[19] == 0
+    val = {key: step_metric(run_dir, key)[19] for key in ("val/loss", "val/web/loss", "val/code/loss")}
+    assert abs(val["val/loss"] - (0.75 * val["val/web/loss"] + 0.25 * val["val/code/loss"])) < 1e-5, val
+
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    both = run(workdir, "evaluate", ckpt, "max_batches=2", "seq_len=64").stdout
+    assert "val web loss" in both and "val code loss" in both and "the mixture's weighted mean" in both, both
+    one = run(workdir, "evaluate", ckpt, "max_batches=2", "seq_len=64", "source=code").stdout
+    assert "val code loss" in one and "web" not in one, one

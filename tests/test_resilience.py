@@ -82,14 +82,16 @@ STRATEGIES = {"one": [], "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "tr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
-def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy):
-    extra = STRATEGIES[strategy]
-    run(workdir, "train", *args(workdir, f"whole_{strategy}", *extra))
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "mix"])
+def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy, request):
+    """"mix": one process on data=mix (two sources, 0.75/0.25), whose stream must resume as exactly."""
+    on_mix = request.getfixturevalue("mix_args") if strategy == "mix" else list
+    extra = STRATEGIES.get(strategy, [])
+    run(workdir, "train", *on_mix(args(workdir, f"whole_{strategy}", *extra)))
     reference = step_losses(workdir / "outputs" / f"whole_{strategy}")
 
     run_dir = workdir / "outputs" / f"killed_{strategy}"
-    proc = start(workdir, *args(workdir, f"killed_{strategy}", *extra, FLUSH))
+    proc = start(workdir, *on_mix(args(workdir, f"killed_{strategy}", *extra, FLUSH)))
     wait_past_checkpoint(run_dir, proc)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # every rank, no chance to clean up
@@ -97,7 +99,7 @@ def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy):
     first = resume_step(run_dir)
     assert first >= EVERY and first < STEPS
 
-    resumed = run(workdir, "train", *args(workdir, f"killed_{strategy}", *extra, "ckpt_path=last"))
+    resumed = run(workdir, "train", *on_mix(args(workdir, f"killed_{strategy}", *extra, "ckpt_path=last")))
     assert f"steps: {STEPS}" in resumed.stdout
     assert_same_from(step_losses(run_dir), reference, first)
 

@@ -5,7 +5,8 @@ loops, callback states — the data position, tokens seen, the non-finite counte
 all plain data so that `torch.load(weights_only=True)` reads it:
 
     gpt4_config    the `GPT4Config` as a dict: generate/evaluate/export rebuild the model from it
-    gpt4_data_dir  the prepared data directory: its manifest names the tokenizer
+    gpt4_data_dir  the prepared data directory: its manifest names the tokenizer (a mixture: its first source's)
+    gpt4_data_sources  a mixture's sources, [{name, dir, weight}] (absent for one directory)
     gpt4_rng       every rank's torch RNG states (a resume on the same world size continues each stream)
 
 Under FSDP the checkpoint is a torch.distributed.checkpoint directory: tensors in `*.distcp` shards listed
@@ -28,12 +29,15 @@ MODEL_PREFIX = "model."  # GPT4LitModule keeps the GPT4 as `self.model`
 SHARDED_META = "meta.pt"  # Lightning's ModelParallelStrategy: the non-tensor part of a sharded checkpoint
 DCP_METADATA = ".metadata"  # torch.distributed.checkpoint: which tensor lives in which shard file
 CONFIG_KEY, DATA_DIR_KEY, RNG_KEY = "gpt4_config", "gpt4_data_dir", "gpt4_rng"
+SOURCES_KEY = "gpt4_data_sources"
 
 
 def save_extras(checkpoint: dict[str, Any], module: Any) -> None:
     """Add the extra keys to a checkpoint being saved by `module` (a `GPT4LitModule`); every rank calls it."""
     checkpoint[CONFIG_KEY] = dataclasses.asdict(module.model_config)
     checkpoint[DATA_DIR_KEY] = module.data_dir
+    if getattr(module, "data_sources", None):
+        checkpoint[SOURCES_KEY] = [dict(source) for source in module.data_sources]
     checkpoint[RNG_KEY] = gather_rng_states()
 
 
@@ -43,9 +47,9 @@ def load_extras(checkpoint: dict[str, Any]) -> None:
 
 
 def describe(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """What generate/evaluate/export report about a checkpoint: step, epoch and data directory."""
+    """What generate/evaluate/export report about a checkpoint: step, epoch, data directory (and sources)."""
     return {"global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
-            "data_dir": checkpoint.get(DATA_DIR_KEY)}
+            "data_dir": checkpoint.get(DATA_DIR_KEY), "data_sources": checkpoint.get(SOURCES_KEY)}
 
 
 def gather_rng_states() -> list[dict[str, list[int]]]:

@@ -1,4 +1,5 @@
-"""`python -m gpt4_lightning.evaluate ckpt_path=... [data_dir=...]`: loss and perplexity on a split."""
+"""`python -m gpt4_lightning.evaluate ckpt_path=... [data_dir=...|source=...]`: loss and perplexity on a split
+(a mixture's checkpoint: of each source, and their weighted mean)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,43 @@ def evaluate(dict_cfg: DictConfig) -> dict[str, float]:
     cfg: EvaluateConfig = to_typed(dict_cfg)
     device = pick_device(cfg.device)
     model, meta = load_model(cfg.ckpt_path, device)
-    data_dir = cfg.data_dir or meta["data_dir"]
-    if data_dir is None:
+    sources = [] if cfg.data_dir else (meta.get("data_sources") or [])
+    if cfg.source is not None:
+        chosen = [s for s in sources if s["name"] == cfg.source]
+        if not chosen:
+            names = ", ".join(s["name"] for s in sources) or "none: it was trained on one data directory"
+            raise ValueError(f"source={cfg.source} is not a source of the checkpoint's data mixture ({names})")
+        sources = chosen
+    data_dirs = [(s["name"], s["dir"], s["weight"]) for s in sources] or [(None, cfg.data_dir or meta["data_dir"], 1)]
+    if data_dirs[0][1] is None:
         raise ValueError("the checkpoint does not name its data directory; pass data_dir=<prepared dir>")
-    Manifest.load(data_dir)  # a missing or damaged data directory fails here, before the (slow) Lightning import
-    from ..data.datamodule import GPT4DataModule
+    for _, data_dir, _ in data_dirs:
+        Manifest.load(data_dir)  # a missing or damaged directory fails here, before the (slow) Lightning import
     from ..training.module import perplexity
 
     seq_len = cfg.seq_len if model.config.can_extrapolate else min(cfg.seq_len, model.config.max_seq_len)
+    result: dict[str, float] = {}
+    weighted, weights = 0.0, 0.0
+    for name, data_dir, weight in data_dirs:
+        loss, count = _score(model, data_dir, seq_len, cfg, device)
+        prefix = f"{name}/" if name else ""
+        result |= {f"{prefix}loss": loss, f"{prefix}perplexity": perplexity(loss), f"{prefix}windows": count}
+        label = f"{cfg.split} {name}" if name else cfg.split
+        print(f"{label} loss {loss:.4f}  perplexity {perplexity(loss):.2f}  ({count} windows of {seq_len} tokens, "
+              f"{data_dir}, step {meta.get('global_step')})")
+        weighted, weights = weighted + weight * loss, weights + weight
+    if len(data_dirs) > 1:
+        loss = weighted / weights
+        result |= {"loss": loss, "perplexity": perplexity(loss)}
+        print(f"{cfg.split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}  (the mixture's weighted mean)")
+    return result
+
+
+def _score(model: torch.nn.Module, data_dir: str, seq_len: int, cfg: EvaluateConfig,
+           device: torch.device) -> tuple[float, int]:
+    """Mean loss over one data directory's split (`cfg.max_batches` at most) and the windows scored."""
+    from ..data.datamodule import GPT4DataModule
+
     datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=cfg.batch_size,
                                 max_token_id=model.config.num_tokens)
     datamodule.setup("validate")
@@ -37,11 +67,7 @@ def evaluate(dict_cfg: DictConfig) -> dict[str, float]:
         count += batch.shape[0]
     if count == 0:
         raise ValueError(f"{data_dir} has no {cfg.split} windows of seq_len={seq_len}; lower seq_len")
-    loss = total / count
-    result = {"loss": loss, "perplexity": perplexity(loss), "windows": count}
-    print(f"{cfg.split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}  ({count} windows of {seq_len} tokens, "
-          f"{data_dir}, step {meta.get('global_step')})")
-    return result
+    return total / count, count
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ A rejected command leaves the disk as it found it (`run_dir.RunDirGuard`).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -74,6 +75,16 @@ def _override_error(config_name: str, overrides: list[str], exc: Exception) -> s
     text = str(exc)
     cause = exc.__cause__
     unknown = re.match(r"Could not override '([^']+)'", text)
+    object_type = getattr(cause, "object_type", None)
+    inner_key = getattr(cause, "key", None)
+    if (unknown and dataclasses.is_dataclass(object_type) and inner_key is not None
+            and str(inner_key) not in unknown.group(1).split(".")):
+        # a misspelt key inside a value (e.g. an item of data.sources): name the field and its type's fields
+        fields = [f.name for f in dataclasses.fields(object_type)]
+        close = difflib.get_close_matches(str(inner_key), fields, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"its fields are {', '.join(fields)}"
+        return (f"{unknown.group(1)}: {inner_key} is not a field of {object_type.__name__} ({', '.join(fields)}); "
+                + hint)
     if unknown:
         key = unknown.group(1)
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]

@@ -77,6 +77,7 @@ class EvaluateConfig:
 
     ckpt_path: str = "???"
     data_dir: str | None = None  # null: the data the checkpoint was trained on
+    source: str | None = None  # a mixture's checkpoint: null scores every source (and the weighted mean); <name>: one
     split: str = "val"
     seq_len: int = 256
     batch_size: int = 8

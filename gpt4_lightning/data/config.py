@@ -6,9 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SOURCES = ("stdlib", "files", "hf_hub")
+SOURCES = ("stdlib", "files", "hf_hub", "mix")
 TOKENIZER_KINDS = ("bpe", "file", "hub")
 BYTE_ALPHABET = 256  # a byte-level BPE starts from every byte
+
+
+@dataclass
+class SourceConfig:
+    """One source of `data=mix`: a prepared directory, a name (metrics `data/<name>/...`, `val/<name>/loss`) and a
+    weight (> 0; the weights are normalised)."""
+
+    name: str = "???"
+    dir: str = "???"
+    weight: float = 1.0
 
 
 @dataclass
@@ -16,7 +26,8 @@ class DataConfig:
     """Where the text comes from (`prepare`) and how training windows are streamed (`GPT4DataModule`).
 
     source: stdlib (this interpreter's standard library) | files (`path`: a file, folder or glob of
-        txt/json/jsonl/parquet) | hf_hub (`name`: a dataset id, streamed; `hub_config`, `hub_split`).
+        txt/json/jsonl/parquet) | hf_hub (`name`: a dataset id, streamed; `hub_config`, `hub_split`) | mix
+        (`sources`: prepared directories with names and weights, trained on as one weighted stream).
     name: a label (the cache directory's name); the dataset id for hf_hub.
     dir: the prepared directory; None: `<cache_dir>/<name>-<fingerprint of the inputs>`.
     seq_len, batch_size (per rank), num_workers, seed: the DataModule's; verify: sha256 every shard on setup.
@@ -36,10 +47,18 @@ class DataConfig:
     num_workers: int = 0
     seed: int = 1234
     verify: bool = False
+    sources: list[SourceConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"data.source={self.source!r} is not one of {', '.join(SOURCES)}")
+        if self.source == "mix" and not self.sources:
+            raise ValueError("data=mix needs its sources: add 'data.sources=[{name:web,dir:/data/web,weight:0.7},"
+                             "{name:code,dir:/data/code,weight:0.3}]' (prepared directories)")
+        if self.sources and self.source != "mix":
+            raise ValueError(f"data.sources is given but data.source={self.source}: select the mixture with data=mix")
+        if self.sources and self.dir is not None:
+            raise ValueError("data=mix reads data.sources; data.dir must stay null (each source has its dir)")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
         if self.shard_tokens <= 0:

@@ -30,11 +30,9 @@ last batch of an epoch, and a new iterator (Lightning creates one per epoch) con
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,92 +41,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .mixture import Mixture, Source, load_sources
 from .permutation import Permutation
-from .shards import MANIFEST, REPREPARE, DataError, Manifest, SplitShards, shard_name
+from .shards import MANIFEST, REPREPARE, DataError, Manifest
+from .windows import Windows
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2  # 1: the order was a materialised numpy permutation
-MAX_OPEN_SHARDS = 64  # per process (each DataLoader worker, each rank): any shard count fits `ulimit -n 1024`
 IDS_PER_CHUNK = 16384  # train positions mapped to window ids ~this many at a time (one vectorised call, 128 KiB)
-
-
-class Windows:
-    """The `seq_len + 1`-token windows of one split, read with positional reads (`os.preadv`) from shard
-    files opened lazily in the process (or DataLoader worker) that reads them, at most `MAX_OPEN_SHARDS` at a
-    time (the longest open closed first); pickling drops the handles. A shard's size is checked against the
-    manifest when it is opened.
-
-    Why not `np.memmap` slicing: pages read through a map stay mapped into the process and count in its
-    RSS (a pass over 1.1 GiB of shards left 1.1 GiB resident), and each random window costs page faults
-    that map whole page-cache folios. Measured here (2 cores, Linux 6.18; seq_len=256, batch 8, through
-    the DataLoader, one process): a memmap reader 16 M tokens/s, this one 58 M tokens/s with flat RSS
-    (the page cache stays the kernel's, shared by all workers and ranks).
-    """
-
-    def __init__(self, data_dir: str | Path, manifest: Manifest, split: str, seq_len: int) -> None:
-        self.data_dir, self.split, self.seq_len = Path(data_dir), split, seq_len
-        shards = manifest.splits.get(split) or SplitShards(split, [])
-        self.shard_index = np.flatnonzero(shards.tokens > 0)  # empty shards hold no window
-        self.dtype = np.dtype(manifest.dtype).newbyteorder("<")  # shards are little-endian
-        tokens = shards.tokens[self.shard_index]
-        self.shard_bytes = tokens * self.dtype.itemsize
-        per_shard = np.where(tokens > seq_len, (tokens - 1) // seq_len, 0)
-        # window i lives in shard searchsorted(starts, i, "right") - 1, at local index i - starts[shard]
-        self.starts = np.concatenate(([0], np.cumsum(per_shard))).astype(np.int64)
-        self.num_windows = int(self.starts[-1])
-        self.max_shard_tokens = int(tokens.max()) if len(tokens) else 0
-        self.total_tokens = int(tokens.sum())
-        self._files: dict[int, io.FileIO] = {}
-        self.max_open = MAX_OPEN_SHARDS
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_files": {}}
-
-    def _open(self, shard: int) -> io.FileIO:
-        """Open `shard`, closing the longest-open file first when `max_open` are open (FIFO: under random window
-        order it evicts as well as LRU does, and a hit costs one dict lookup, nothing to reorder)."""
-        while len(self._files) >= self.max_open:
-            self._files.pop(next(iter(self._files))).close()
-        path = self.path(shard)
-        f = io.FileIO(path, "r")
-        size = os.fstat(f.fileno()).st_size
-        if size != self.shard_bytes[shard]:
-            f.close()
-            raise DataError(f"shard {path} has {size} bytes but its manifest says {self.shard_bytes[shard]}: "
-                            "truncated or replaced after prepare; " + REPREPARE)
-        self._files[shard] = f
-        return f
-
-    def path(self, shard: int) -> Path:
-        """The file of the `shard`-th non-empty shard (names are not kept: a million would cost ~100 MiB)."""
-        return self.data_dir / shard_name(self.split, int(self.shard_index[shard]))
-
-    def close(self) -> None:
-        while self._files:
-            self._files.popitem()[1].close()
-
-    def read(self, ids: np.ndarray) -> np.ndarray:
-        """Windows `ids` (n,) -> int64 array (n, seq_len + 1), reading only those windows' bytes."""
-        shard = np.searchsorted(self.starts, ids, side="right") - 1
-        offsets = (ids - self.starts[shard]) * (self.seq_len * self.dtype.itemsize)
-        buf = np.empty((len(ids), self.seq_len + 1), dtype=self.dtype)
-        files, nbytes = self._files, buf.itemsize * buf.shape[1]
-        for row, s, offset in zip(buf, shard.tolist(), offsets.tolist(), strict=True):
-            f = files.get(s) or self._open(s)
-            got = os.preadv(f.fileno(), [row], offset) if _HAS_PREADV else _seek_read(f, row, offset)
-            if got != nbytes:
-                raise DataError(f"shard {self.path(s)} ended at byte {offset + got}, inside a window its manifest "
-                                "promised: truncated or replaced after setup; " + REPREPARE)
-        return buf.astype(np.int64)
-
-
-def _seek_read(f: io.FileIO, row: np.ndarray, offset: int) -> int:
-    f.seek(offset)  # no preadv (macOS before 11, Windows): each process owns its handles, so seek + read is safe
-    return f.readinto(row)
-
-
-_HAS_PREADV = hasattr(os, "preadv")
 
 
 def _worker() -> tuple[int, int]:
@@ -160,9 +81,13 @@ class TrainBatches(IterableDataset):
         """Batches per rank in a whole epoch (Lightning counts a resumed epoch's batches against this)."""
         return self.windows.num_windows // self.step_windows
 
-    def permutation(self, epoch: int) -> Permutation:
-        """Epoch `epoch`'s order: position -> window id."""
+    def permutation(self, epoch: int) -> Callable[[np.ndarray], np.ndarray]:
+        """Epoch `epoch`'s order: positions -> window ids."""
         return Permutation(self.windows.num_windows, self.seed, epoch)
+
+    def identity(self) -> dict[str, Any]:
+        """What else the position depends on, saved with it (a mixture's sources)."""
+        return {}
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         worker, num_workers = _worker()
@@ -176,6 +101,25 @@ class TrainBatches(IterableDataset):
             ids = order((firsts[:, None] + np.arange(batch)).ravel()).reshape(len(steps), batch)
             for row in ids:
                 yield torch.from_numpy(self.windows.read(row))
+
+
+class MixBatches(TrainBatches):
+    """`TrainBatches` over a mixture: epoch e's position p is stream position e * M + p."""
+
+    def __init__(self, windows: Windows, mixture: Mixture, batch_size: int, seed: int, world_size: int = 1,
+                 rank: int = 0) -> None:
+        super().__init__(windows, batch_size, seed, world_size, rank)
+        self.mixture = mixture
+
+    def permutation(self, epoch: int) -> Callable[[np.ndarray], np.ndarray]:
+        if self.mixture.seed != self.seed:  # a resume took the checkpoint's seed
+            self.mixture = Mixture(self.mixture.names, list(self.mixture.weights), list(self.mixture.sizes), self.seed)
+        start, mixture = epoch * self.windows.num_windows, self.mixture
+        return lambda positions: mixture(start + np.asarray(positions, dtype=np.int64))
+
+    def identity(self) -> dict[str, Any]:
+        return {"sources": [[n, float(w), int(s)] for n, w, s in zip(self.mixture.names, self.mixture.weights,
+                                                                      self.mixture.sizes, strict=True)]}
 
 
 class ResumableLoader(DataLoader):
@@ -220,7 +164,7 @@ class ResumableLoader(DataLoader):
         ds: TrainBatches = self.dataset  # type: ignore[assignment]
         return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self.consumed, "seed": ds.seed,
                 "num_windows": ds.windows.num_windows, "seq_len": ds.windows.seq_len,
-                "batch_size": ds.batch_size, "world_size": ds.world_size}
+                "batch_size": ds.batch_size, "world_size": ds.world_size, **ds.identity()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ds: TrainBatches = self.dataset  # type: ignore[assignment]
@@ -241,6 +185,10 @@ class ResumableLoader(DataLoader):
             log.warning("the checkpoint's data had %d windows of seq_len=%d, this data has %d of seq_len=%d: the "
                         "position is kept but the order differs from the interrupted run", state_dict["num_windows"],
                         state_dict["seq_len"], ds.windows.num_windows, ds.windows.seq_len)
+        if ds.identity() and state_dict.get("sources") != ds.identity()["sources"]:
+            log.warning("the checkpoint's data mixture was %s (name, weight, windows), this one is %s: the position "
+                        "is kept but the stream differs from the interrupted run", state_dict.get("sources"),
+                        ds.identity()["sources"])
         self.epoch, self.consumed = int(state_dict["epoch"]), int(state_dict["consumed"])
         if ds.windows.num_windows - self.consumed < ds.step_windows:  # nothing left of that epoch here
             self.epoch, self.consumed = self.epoch + 1, 0
@@ -279,11 +227,19 @@ class GPT4DataModule(L.LightningDataModule):
         max_token_id: the model's `num_tokens` (every id must be below it); None skips the check.
         check_sizes: stat every shard on setup against the manifest (the rank that prepared or checked the data
             does; the others leave it to the check each reader makes when it opens a shard).
+        sources: a weighted mixture of prepared directories instead of `data_dir` (`mixture.py`); `data_dir` is
+            then the first source's (its manifest names the tokenizer all sources share).
     """
 
-    def __init__(self, data_dir: str | Path, seq_len: int, batch_size: int, num_workers: int = 0, seed: int = 1234,
-                 verify: bool = False, max_token_id: int | None = None, check_sizes: bool = True) -> None:
+    def __init__(self, data_dir: str | Path | None, seq_len: int, batch_size: int, num_workers: int = 0,
+                 seed: int = 1234, verify: bool = False, max_token_id: int | None = None, check_sizes: bool = True,
+                 sources: list[Source] | None = None) -> None:
         super().__init__()
+        self.sources = list(sources or [])
+        if self.sources:
+            data_dir = self.sources[0].dir
+        if data_dir is None:
+            raise ValueError("a data_dir or sources is required")
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -295,6 +251,8 @@ class GPT4DataModule(L.LightningDataModule):
         self.manifest: Manifest | None = None
         self.train_windows: Windows | None = None
         self.val_windows: Windows | None = None
+        self.mixture: Mixture | None = None
+        self.val_sources: list[tuple[str, float, Windows]] = []  # a mixture's val splits: (name, weight, windows)
         self._train_loader: ResumableLoader | None = None
         self._position: dict[str, Any] | None = None  # restored from a checkpoint before a loader exists
 
@@ -303,6 +261,8 @@ class GPT4DataModule(L.LightningDataModule):
         """Load and check the manifest (once): shard sizes (sha256 with `verify`), vocab, window counts."""
         if self.manifest is not None:
             return
+        if self.sources:
+            return self._setup_mixture()
         manifest = Manifest.load(self.data_dir, verify=self.verify, check_sizes=self.check_sizes)
         path = self.data_dir / MANIFEST
         if self.max_token_id is not None and manifest.vocab_size > self.max_token_id:
@@ -323,6 +283,17 @@ class GPT4DataModule(L.LightningDataModule):
         log.info("data %s: vocab %d, train %d tokens -> %d windows of %d, val %d windows", self.data_dir,
                  manifest.vocab_size, train.total_tokens, train.num_windows, self.seq_len + 1,
                  val.num_windows if val.total_tokens else 0)
+
+    def _setup_mixture(self) -> None:
+        manifests, train, val = load_sources(self.sources, self.seq_len, self.max_token_id, self.verify,
+                                             self.check_sizes)
+        self.mixture = Mixture([s.name for s in self.sources], [s.weight for s in self.sources],
+                               [t.num_windows for t in train], self.seed)
+        self.val_sources = [(s.name, float(w), v) for s, w, v in zip(self.sources, self.mixture.weights, val,
+                                                                      strict=True) if v is not None]
+        self.manifest, self.train_windows = manifests[0], Windows.concat(train)
+        log.info("data mixture: %s", ", ".join(f"{s.name} {w:.3f} ({t.num_windows} windows, {s.dir})" for s, w, t in
+                                               zip(self.sources, self.mixture.weights, train, strict=True)))
 
     def _check_windows(self, windows: Windows, path: Path) -> None:
         if windows.num_windows == 0:
@@ -348,7 +319,9 @@ class GPT4DataModule(L.LightningDataModule):
         """Rank `rank`'s train loader; its position continues the last loader's (or the restored one)."""
         self.setup()
         assert self.train_windows is not None
-        dataset = TrainBatches(self.train_windows, self.batch_size, self.seed, world_size, rank)
+        dataset = (TrainBatches(self.train_windows, self.batch_size, self.seed, world_size, rank)
+                   if self.mixture is None else
+                   MixBatches(self.train_windows, self.mixture, self.batch_size, self.seed, world_size, rank))
         if len(dataset) == 0:
             raise DataError(f"batch_size={self.batch_size} x world_size={world_size} needs {dataset.step_windows} "
                             f"windows per step but split 'train' of {self.data_dir / MANIFEST} has "
@@ -362,7 +335,11 @@ class GPT4DataModule(L.LightningDataModule):
         return loader
 
     def make_val_loader(self, world_size: int = 1, rank: int = 0) -> DataLoader | list:
+        """The val loader; a mixture's: one per source with a val split, in `val_sources` order."""
         self.setup()
+        if self.mixture is not None:
+            return [DataLoader(ValBatches(v, self.batch_size, world_size, rank), batch_size=None,
+                               num_workers=self.num_workers) for _, _, v in self.val_sources]
         if self.val_windows is None:
             return []
         return DataLoader(ValBatches(self.val_windows, self.batch_size, world_size, rank), batch_size=None,
@@ -373,6 +350,16 @@ class GPT4DataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self.make_val_loader(*self._world())
+
+    def source_progress(self) -> list[tuple[str, int, int]]:
+        """A mixture's sources as (name, windows drawn by all ranks so far, the source's epoch), from the train
+        position (the stream positions passed; a mixture epoch's skipped tail counts as drawn). [] otherwise."""
+        if self.mixture is None or self._train_loader is None:
+            return []
+        loader = self._train_loader
+        drawn = self.mixture.drawn(loader.epoch * self.mixture.sizes.sum() + loader.consumed)
+        return [(name, int(d), int(d // size)) for name, d, size in
+                zip(self.mixture.names, drawn, self.mixture.sizes, strict=True)]
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

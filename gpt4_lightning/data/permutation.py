@@ -24,24 +24,26 @@ _MASK64 = (1 << 64) - 1
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
-def round_keys(seed: int, epoch: int, rounds: int = ROUNDS) -> list[int]:
-    """`rounds` 64-bit keys for (seed, epoch)."""
-    return [int.from_bytes(hashlib.blake2b(f"{seed}:{epoch}:{r}".encode(), digest_size=8,
+def round_keys(seed: int, epoch: int, rounds: int = ROUNDS, stream: str = "") -> list[int]:
+    """`rounds` 64-bit keys for (seed, epoch) of the named `stream` ("" is the single-source train order)."""
+    prefix = f"{stream}/" if stream else ""
+    return [int.from_bytes(hashlib.blake2b(f"{prefix}{seed}:{epoch}:{r}".encode(), digest_size=8,
                                            person=b"gpt4l-perm").digest(), "little") for r in range(rounds)]
 
 
 class Permutation:
     """`perm(ids)`: the window ids at positions `ids` (int array, values in [0, n)) of a seeded shuffle of
-    `[0, n)`. A bijection: `perm(np.arange(n))` holds every id once."""
+    `[0, n)`. A bijection: `perm(np.arange(n))` holds every id once. `stream` names an independent family of
+    orders for the same (seed, epoch): a mixture's sources and its source labels use their own."""
 
-    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
+    def __init__(self, n: int, seed: int, epoch: int = 0, stream: str = "") -> None:
         if n < 0:
             raise ValueError(f"a permutation of {n} elements")
         self.n = n
         bits = max(2, (n - 1).bit_length())
         self.half = (bits + 1) // 2
         self._mask = (1 << self.half) - 1
-        self._keys = round_keys(seed, epoch)
+        self._keys = round_keys(seed, epoch, stream=stream)
         self._np_keys = np.array(self._keys, dtype=np.uint64)
 
     def _network(self, x: np.ndarray) -> np.ndarray:

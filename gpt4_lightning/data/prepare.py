@@ -207,6 +207,9 @@ def as_prepare_config(cfg: PrepareConfig | DictConfig) -> PrepareConfig:
 def prepare(cfg: PrepareConfig | DictConfig) -> Path:
     """Prepare (or reuse) the shards for `cfg.data` + `cfg.tokenizer`; returns the directory."""
     cfg = as_prepare_config(cfg)
+    if cfg.data.source == "mix":
+        raise DataError("data=mix trains on prepared directories and has nothing to prepare: prepare each source on "
+                        "its own (e.g. data=files data.path=<its files> data.dir=<its directory>), with one tokenizer")
     start = time.perf_counter()
     val_fraction, shard_tokens, num_proc = cfg.data.val_fraction, cfg.data.shard_tokens, _num_proc(cfg)
     overwrite = cfg.overwrite

@@ -7,6 +7,7 @@ fails in a second with one line and changes nothing on disk.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from ..checkpoint.load import check_resumable
 from ..config import TrainConfig, to_typed
 from ..data.datamodule import GPT4DataModule
+from ..data.mixture import Source
 from ..data.prepare import planned_dir, prepare, prepared_dir
 from ..data.shards import MANIFEST
 from .devices import check_trainer, is_global_rank_zero, uses_fsdp
@@ -32,7 +34,9 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
     datamodule = build_data(run)
     parallel = run.parallel.for_precision(str(run.trainer.precision))
     module = GPT4LitModule(model=run.model, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.scheduler),
-                           data_dir=str(datamodule.data_dir), parallel=parallel, init_seed=run.seed)
+                           data_dir=str(datamodule.data_dir), parallel=parallel, init_seed=run.seed,
+                           data_sources=[{"name": s.name, "dir": str(s.dir), "weight": s.weight}
+                                         for s in datamodule.sources] or None)
     trainer = instantiate(cfg.trainer)
     return module, datamodule, trainer
 
@@ -44,6 +48,14 @@ def build_data(run: TrainConfig) -> GPT4DataModule:
     is already there (the usual case: prepared once, trained many times), else in `setup` after Lightning's
     barrier, which rank 0 reaches only once it has prepared."""
     rank_zero = is_global_rank_zero()
+    if run.data.sources:  # a mixture of prepared directories: nothing to prepare; every rank reads the manifests
+        sources = [Source(s.name, Path(s.dir).expanduser().absolute(), s.weight) for s in run.data.sources]
+        datamodule = GPT4DataModule(None, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                                    num_workers=run.data.num_workers, seed=run.data.seed,
+                                    verify=run.data.verify and rank_zero, max_token_id=run.model.num_tokens,
+                                    check_sizes=rank_zero, sources=sources)
+        datamodule.setup()
+        return datamodule
     given = prepared_dir(run)
     data_dir = given or (prepare(run) if rank_zero else planned_dir(run))
     check = rank_zero and given is not None  # prepare() has just checked (or written) every shard itself

@@ -1,4 +1,4 @@
-"""Callbacks: throughput (tokens/s, TFLOP/s, MFU) and tokens seen; peak memory.
+"""Callbacks: throughput (tokens/s, TFLOP/s, MFU) and tokens seen; peak memory; a data mixture's progress.
 
 `PeakMemory` (in `conf/callbacks/default.yaml`): baseline at `setup` (Lightning calls callbacks' setup
 before `configure_model` builds the weights), peak reset at `on_train_start`, and every `log_every_n_steps`
@@ -10,6 +10,7 @@ optimizer steps it logs, as the maximum over ranks, `mem/peak_gib` (the process'
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,7 @@ from .flops import flops_per_token, matmul_params
 from .steps import OptimizerSteps
 
 GIB = 2**30
+log = logging.getLogger(__name__)
 
 
 def peak_flops(device: torch.device, precision: str, peak_tflops: float | None) -> float | None:
@@ -129,3 +131,34 @@ class PeakMemory(L.Callback):
         if not self.cuda:
             metrics.pop("mem/reserved_gib")
         pl_module.log_dict(metrics, rank_zero_only=True)
+
+
+# --- data mixture --------------------------------------------------------------------------------
+
+class MixtureProgress(L.Callback):
+    """With `data=mix`, every `log_every_n_steps` optimizer steps: `data/<source>/windows` (windows drawn from the
+    source so far, all ranks) and `data/<source>/epoch`; a source starting another epoch is logged (info) when
+    seen. Nothing without a mixture."""
+
+    def __init__(self, log_every_n_steps: int = 10) -> None:
+        self.log_every_n_steps = log_every_n_steps
+        self._epochs: dict[str, int] = {}
+        self._steps = OptimizerSteps()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._steps.start(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: torch.Tensor, batch_idx: int) -> None:
+        progress = getattr(trainer.datamodule, "source_progress", None)
+        if progress is None or not self._steps.stepped(trainer) or trainer.global_step % self.log_every_n_steps:
+            return
+        metrics = {}
+        for name, windows, epoch in progress():
+            metrics[f"data/{name}/windows"], metrics[f"data/{name}/epoch"] = float(windows), float(epoch)
+            if epoch > self._epochs.get(name, epoch) and trainer.is_global_zero:
+                log.info("data source %s is in its epoch %d (it repeats: its share is larger than its windows)",
+                         name, epoch)
+            self._epochs[name] = epoch
+        if metrics:
+            pl_module.log_dict(metrics, rank_zero_only=True)

@@ -33,19 +33,21 @@ class GPT4LitModule(L.LightningModule):
     create it on the meta device and shard it before any weight exists.
     `optimizer` / `scheduler` are factories (Hydra `_partial_`): parameter groups -> optimizer,
     optimizer -> per-step scheduler. `data_dir` is recorded in checkpoints (its manifest names the
-    tokenizer); `init_seed` seeds the weights per module, so 1 process, DDP and FSDP2 start identical.
+    tokenizer), and a mixture's `data_sources` ({name, dir, weight} each); `init_seed` seeds the weights per
+    module, so 1 process, DDP and FSDP2 start identical.
     """
 
     def __init__(self, model: GPT4Config | dict[str, Any], optimizer: OptimizerFactory,
                  scheduler: SchedulerFactory | None = None, data_dir: str | None = None,
-                 parallel: ParallelConfig | None = None, init_seed: int | None = None) -> None:
+                 parallel: ParallelConfig | None = None, init_seed: int | None = None,
+                 data_sources: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.model_config = model if isinstance(model, GPT4Config) else GPT4Config.from_kwargs(**model)
         self.parallel = parallel or ParallelConfig()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.data_dir, self.init_seed = data_dir, init_seed
+        self.data_dir, self.init_seed, self.data_sources = data_dir, init_seed, data_sources
         self.model: GPT4 | None = None
-        self.val_loss = MeanMetric()
+        self.val_losses = torch.nn.ModuleList([MeanMetric()])  # one per val loader (a mixture: one per source)
 
     def configure_model(self) -> None:
         """Build on the meta device, apply parallelism (FSDP2 shards it when the strategy gives a mesh),
@@ -74,14 +76,31 @@ class GPT4LitModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # also with logger=none (no LR monitor)
         return loss
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self.val_loss.update(self.model.loss(batch), weight=batch.shape[0])
+    def validation_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
+        while len(self.val_losses) <= dataloader_idx:
+            self.val_losses.append(MeanMetric().to(self.device))
+        self.val_losses[dataloader_idx].update(self.model.loss(batch), weight=batch.shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()  # synced over ranks
-        self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(loss.clamp(max=30)))
+        """`val/loss`; for a mixture also `val/<source>/loss` per source and `val/loss` their weighted mean."""
+        losses = []
+        for metric in self.val_losses:
+            losses.append(metric.compute() if metric.update_called else None)  # compute() syncs over ranks
+            metric.reset()
+        sources = getattr(getattr(self.trainer, "datamodule", None), "val_sources", None) or []
+        if sources:
+            total = torch.zeros((), device=self.device)
+            for (name, weight, _), loss in zip(sources, losses, strict=False):
+                if loss is not None:
+                    self.log(f"val/{name}/loss", loss, sync_dist=False)
+                    total = total + weight * loss
+            seen = sum(w for (_, w, _), loss in zip(sources, losses, strict=False) if loss is not None)
+            loss = total / seen if seen else None
+        else:
+            loss = losses[0]
+        if loss is not None:
+            self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+            self.log("val/ppl", torch.exp(loss.clamp(max=30)))
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(weight_decay_groups(self.model))
