@@ -3,7 +3,8 @@
 Reading: the same train shards read (1) as a raw sequential `np.memmap` pass (the ceiling: copy
 every token out of the page cache in 4M-token chunks), (1b) as the simplest memmap loader (the
 same windows in file order, batched, int64 tensors) and (2) through `GPT4DataModule`'s train
-loader (shuffled `seq_len + 1` windows, int64 batches) with 0 and 2 workers; tokens/s each and the
+loader (shuffled `seq_len + 1` windows, int64 batches) with 0 and 2 workers, also as a `data=mix` of 4 sources
+(the same shards four times, weights 0.4/0.3/0.2/0.1: the mixture's own cost, same bytes read); tokens/s each and the
 ratios, plus how many times faster than the model consumes tokens (`--train-tokens-per-s`, the
 default run's measured rate).
 
@@ -46,6 +47,7 @@ from tokenizers import Tokenizer
 from gpt4_lightning.config import compose_config
 from gpt4_lightning.data.corpus import Corpus
 from gpt4_lightning.data.datamodule import GPT4DataModule
+from gpt4_lightning.data.mixture import Source
 from gpt4_lightning.data.prepare import prepare
 from gpt4_lightning.data.shards import Manifest
 
@@ -87,8 +89,11 @@ def baseline_datamodule(tree: Path) -> type:
 
 
 def loader_read(data_dir: Path, seq_len: int, batch_size: int, num_workers: int,
-                max_batches: int | None, datamodule_class: type = GPT4DataModule) -> tuple[int, float]:
-    datamodule = datamodule_class(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers)
+                max_batches: int | None, datamodule_class: type = GPT4DataModule,
+                sources: list[Source] | None = None) -> tuple[int, float]:
+    kwargs = {"sources": sources} if sources else {}
+    datamodule = datamodule_class(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers,
+                                  **kwargs)
     datamodule.setup("fit")
     loader = datamodule.make_train_loader()
     iterator = iter(loader)
@@ -144,6 +149,13 @@ def main() -> None:
         **{f"datamodule_{w}_workers": (lambda w=w: loader_read(data_dir, args.seq_len, args.batch_size, w,
                                                                args.max_batches)) for w in (0, 2)},
     }
+    mix4 = [Source(f"s{i}", data_dir, w) for i, w in enumerate((0.4, 0.3, 0.2, 0.1))]  # the same shards, 4 ways
+    single = GPT4DataModule(data_dir, seq_len=args.seq_len, batch_size=args.batch_size)
+    single.setup()
+    one_epoch = args.max_batches or single.train_windows.num_windows // args.batch_size - 1  # as many batches
+    for w in (0, 2):
+        readers[f"datamodule_mix4_{w}_workers"] = (
+            lambda w=w: loader_read(data_dir, args.seq_len, args.batch_size, w, one_epoch, sources=mix4))
     if args.baseline_tree is not None:
         baseline = baseline_datamodule(args.baseline_tree.resolve())
         for w in (0, 2):
@@ -165,6 +177,8 @@ def main() -> None:
         row["vs_raw_windows"] = row["tokens_per_s"] / raw_windows
         row["vs_training"] = row["tokens_per_s"] / args.train_tokens_per_s
     for w in (0, 2):
+        ours, mixed = rows[f"datamodule_{w}_workers"], rows[f"datamodule_mix4_{w}_workers"]
+        mixed["vs_single_source"] = mixed["tokens_per_s"] / ours["tokens_per_s"]
         if f"baseline_datamodule_{w}_workers" in rows:
             ours, theirs = rows[f"datamodule_{w}_workers"], rows[f"baseline_datamodule_{w}_workers"]
             ours["vs_baseline"] = ours["tokens_per_s"] / theirs["tokens_per_s"]  # best pass / best pass
@@ -176,6 +190,8 @@ def main() -> None:
     print(f"{'reader':<34}{'tokens/s':>16}{'vs raw':>10}{'vs raw windows':>16}{'vs training':>14}{'vs baseline':>13}")
     for name, row in rows.items():
         vs_baseline = f"{row['vs_baseline']:>13.3f}" if "vs_baseline" in row else ""
+        if "vs_single_source" in row:
+            vs_baseline = f"{row['vs_single_source']:>13.3f} (vs one source)"
         print(f"{name:<34}{row['tokens_per_s']:>16,.0f}{row['vs_raw']:>10.3f}{row['vs_raw_windows']:>16.3f}"
               f"{row['vs_training']:>14,.0f}{vs_baseline}")
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

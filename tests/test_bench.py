@@ -82,9 +82,10 @@ def test_data_throughput_against_a_baseline_tree(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["read"]
     assert set(rows) == {"raw_memmap_sequential", "raw_memmap_windows", "datamodule_0_workers",
-                         "datamodule_2_workers", "baseline_datamodule_0_workers", "baseline_datamodule_2_workers"}
+                         "datamodule_2_workers", "baseline_datamodule_0_workers", "baseline_datamodule_2_workers",
+                         "datamodule_mix4_0_workers", "datamodule_mix4_2_workers"}
     windows = (60_000 - 1) // 64 * 3 + (20_000 - 1) // 64  # shards of 60k, 60k, 60k, 20k tokens
-    for name in ("datamodule_0_workers", "baseline_datamodule_0_workers"):
+    for name in ("datamodule_0_workers", "baseline_datamodule_0_workers", "datamodule_mix4_0_workers"):
         assert rows[name]["tokens"] == (windows // 8 - 1) * 8 * 65  # whole batches of 8, after the first
         assert len(rows[name]["pass_seconds"]) == 2 and rows[name]["seconds"] == min(rows[name]["pass_seconds"])
     for w in (0, 2):
@@ -92,4 +93,7 @@ def test_data_throughput_against_a_baseline_tree(tmp_path):
         assert ours["vs_baseline"] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"], rel=1e-9)
         paired = sorted(b / a for a, b in zip(ours["pass_seconds"], theirs["pass_seconds"], strict=True))
         assert ours["vs_baseline_paired_median"] == pytest.approx((paired[0] + paired[1]) / 2, rel=1e-9)
-    assert "vs baseline" in proc.stdout
+    assert "vs baseline" in proc.stdout and "(vs one source)" in proc.stdout
+    mixed = rows["datamodule_mix4_2_workers"]
+    assert mixed["vs_single_source"] == pytest.approx(
+        mixed["tokens_per_s"] / rows["datamodule_2_workers"]["tokens_per_s"], rel=1e-9)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gpt4_lightning.data.permutation import Permutation
+from gpt4_lightning.data.permutation import Permutation, Permutations, network
 
 SIZES = [1, 2, 3, 4, 5, 7, 8, 13, 16, 31, 64, 97, 1024, 65_537, 1_000_003]
 
@@ -43,7 +43,22 @@ def test_the_order_is_the_one_checkpoints_were_written_with():
 def test_the_scalar_tail_computes_the_same_network():
     perm = Permutation(1_000_003, 3, 1)
     x = np.random.default_rng(0).integers(0, 1 << (2 * perm.half), 1000, dtype=np.uint64)
-    assert perm._network(x.copy()).tolist() == [perm._network_int(int(v)) for v in x]
+    vectorised = network(x.copy(), np.uint64(perm.half), np.uint64(perm._mask), perm._np_keys)
+    assert vectorised.tolist() == [perm._network_int(int(v)) for v in x]
+
+
+def test_several_permutations_in_one_pass_are_each_one_alone():
+    """A mixture maps each source's positions by its own permutation, all in one call."""
+    perms = [Permutation(n, 5, epoch, stream) for n, epoch, stream in ((1, 0, "a"), (97, 2, "b"), (65_537, 1, "c"),
+                                                                      (1000, 0, ""))]
+    rng = np.random.default_rng(1)
+    which = rng.integers(0, len(perms), 5000)
+    ids = np.array([rng.integers(0, perms[w].n) for w in which])
+    together = Permutations(perms)(which, ids)
+    alone = np.empty_like(together)
+    for w, perm in enumerate(perms):
+        alone[which == w] = perm(ids[which == w])
+    assert np.array_equal(together, alone)
 
 
 def test_positions_outside_the_domain_are_refused():

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .permutation import Permutation
+from .permutation import Permutation, Permutations
 from .shards import MANIFEST, DataError, Manifest
 from .windows import Windows
 
@@ -106,13 +106,15 @@ class Mixture:
         """Stream positions `g` (n,) -> window ids in the concatenated reader (n,)."""
         source, draw = self.sources(g)
         epoch, position = np.divmod(draw, self.sizes[source])
-        ids = np.empty_like(source)
-        key = source * (int(epoch.max(initial=0)) + 1) + epoch
-        for k in np.unique(key).tolist():
-            mask = key == k
-            s, e = int(source[mask][0]), int(epoch[mask][0])
-            ids[mask] = self.offsets[s] + Permutation(int(self.sizes[s]), self.seed, e, self.names[s])(position[mask])
-        return ids
+        groups, which = np.unique(source * (int(epoch.max(initial=0)) + 1) + epoch, return_inverse=True)
+        first = np.zeros(len(groups), dtype=np.int64)
+        first[which[::-1]] = np.arange(len(which))[::-1]  # an element of each (source, epoch) group
+        perms = Permutations([self._source_order(int(source[i]), int(epoch[i])) for i in first.tolist()])
+        return self.offsets[source] + perms(which, position)
+
+    def _source_order(self, s: int, epoch: int) -> Permutation:
+        """Source `s`'s order in its epoch `epoch` (its own stream of orders, keyed by its name)."""
+        return Permutation(int(self.sizes[s]), self.seed, epoch, self.names[s])
 
     def drawn(self, g: int) -> np.ndarray:
         """Windows each source has drawn in stream positions [0, g) (S,)."""

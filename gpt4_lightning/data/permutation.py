@@ -15,6 +15,7 @@ come from blake2b of (seed, epoch, round), so orders are reproducible across pro
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -46,28 +47,8 @@ class Permutation:
         self._keys = round_keys(seed, epoch, stream=stream)
         self._np_keys = np.array(self._keys, dtype=np.uint64)
 
-    def _network(self, x: np.ndarray) -> np.ndarray:
-        """One pass of the Feistel network over `[0, 2^(2·half))` (uint64 in, uint64 out; in place on
-        temporaries: the arrays are a chunk of a step's ids, so numpy's per-call cost dominates)."""
-        shift, mask = np.uint64(self.half), np.uint64(self._mask)
-        left, right = x >> shift, x & mask
-        z = np.empty_like(x)
-        for key in self._np_keys:
-            np.bitwise_xor(right, key, out=z)
-            z ^= z >> np.uint64(30)
-            z *= np.uint64(_M1)  # uint64 arithmetic wraps (no overflow check on arrays)
-            z ^= z >> np.uint64(27)
-            z *= np.uint64(_M2)
-            z ^= z >> np.uint64(31)
-            z &= mask
-            z ^= left
-            left, right, z = right, z, left
-        left <<= shift
-        left |= right
-        return left
-
     def _network_int(self, x: int) -> int:
-        """`_network` of one id, in Python ints (the same function, bit for bit)."""
+        """`network` of one id, in Python ints (the same function, bit for bit)."""
         left, right = x >> self.half, x & self._mask
         for key in self._keys:
             z = right ^ key
@@ -81,16 +62,69 @@ class Permutation:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n):
             raise IndexError(f"positions must be in [0, {self.n})")
-        out = self._network(ids.astype(np.uint64))
-        n = np.uint64(self.n)
-        outside = np.flatnonzero(out >= n)
-        while len(outside) > SCALAR_TAIL:  # cycle-walking: stays a bijection on [0, n)
-            walked = self._network(out[outside])
+        return permute(ids, np.uint64(self.n), np.uint64(self.half), np.uint64(self._mask), self._np_keys,
+                       lambda i: self)
+
+
+def network(x: np.ndarray, shift: np.ndarray, mask: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """One pass of the Feistel network over `[0, 2^(2·shift))`: uint64 in, uint64 out. `shift`/`mask` are
+    scalars or per element, `keys` (rounds,) or (rounds, len(x)). In place on temporaries: the arrays are a
+    chunk of a step's ids, so numpy's per-call cost dominates."""
+    left, right = x >> shift, x & mask
+    z = np.empty_like(x)
+    for key in keys:
+        np.bitwise_xor(right, key, out=z)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(_M1)  # uint64 arithmetic wraps (no overflow check on arrays)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(_M2)
+        z ^= z >> np.uint64(31)
+        z &= mask
+        z ^= left
+        left, right, z = right, z, left
+    left <<= shift
+    left |= right
+    return left
+
+
+def permute(ids: np.ndarray, n: np.ndarray, shift: np.ndarray, mask: np.ndarray, keys: np.ndarray,
+            owner: Callable[[int], Permutation]) -> np.ndarray:
+    """`network` with cycle-walking onto `[0, n)` (n, shift, mask scalars or per element; `owner(i)`: the
+    `Permutation` of element i, for the scalar tail)."""
+    out = network(ids.astype(np.uint64), shift, mask, keys)
+    per_element = np.ndim(n) > 0
+    outside = np.flatnonzero(out >= n)
+    while len(outside) > SCALAR_TAIL:  # cycle-walking: stays a bijection on [0, n)
+        if per_element:
+            walked = network(out[outside], shift[outside], mask[outside], keys[:, outside])
+            out[outside] = walked
+            outside = outside[walked >= n[outside]]
+        else:
+            walked = network(out[outside], shift, mask, keys)
             out[outside] = walked
             outside = outside[walked >= n]
-        for i in outside.tolist():
-            x = int(out[i])
-            while x >= self.n:
-                x = self._network_int(x)
-            out[i] = x
-        return out.astype(np.int64)
+    for i in outside.tolist():
+        perm, x = owner(i), int(out[i])
+        while x >= perm.n:
+            x = perm._network_int(x)
+        out[i] = x
+    return out.astype(np.int64)
+
+
+class Permutations:
+    """Several `Permutation`s evaluated in one vectorised pass: `perms(which, ids)` maps ids[i] by
+    `perms[which[i]]` (a mixture's sources, each at its own epoch), at the cost of one permutation call."""
+
+    def __init__(self, perms: list[Permutation]) -> None:
+        self.perms = perms
+        self.n = np.array([p.n for p in perms], dtype=np.uint64)
+        self.half = np.array([p.half for p in perms], dtype=np.uint64)
+        self.mask = np.array([p._mask for p in perms], dtype=np.uint64)
+        self.keys = np.stack([p._np_keys for p in perms])  # (perms, rounds)
+
+    def __call__(self, which: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or (ids.astype(np.uint64) >= self.n[which]).any()):
+            raise IndexError("positions must be in [0, n) of their permutation")
+        return permute(ids, self.n[which], self.half[which], self.mask[which], self.keys[which].T,
+                       lambda i: self.perms[which[i]])
