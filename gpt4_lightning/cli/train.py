@@ -13,17 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from ..checkpoint.paths import LAST, checkpoint_dir, resolve_ckpt_path
 from ..training.build import build, callback
-from ..training.module import perplexity
-from ..training.nonfinite import NonFiniteGuard
-from ..training.stop import GracefulStop
 from .launch import launch
 
 log = logging.getLogger(__name__)
@@ -71,8 +66,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     pin_sweep_job_for_child_ranks()
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)  # before any work: a wrong path fails at once
-    L.seed_everything(cfg.seed, workers=True)
-    module, datamodule, trainer = build(cfg, ckpt_path)
+    module, datamodule, trainer = build(cfg, ckpt_path)  # imports Lightning only once its checks pass
+    import torch  # these load Lightning: after the checks, so a rejected command fails in about a second
+
+    from ..training.module import perplexity
+    from ..training.nonfinite import NonFiniteGuard
+    from ..training.stop import GracefulStop
+
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:

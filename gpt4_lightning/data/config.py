@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .mixture import check_sources
+
 SOURCES = ("stdlib", "files", "hf_hub", "mix")
 TOKENIZER_KINDS = ("bpe", "file", "hub")
 BYTE_ALPHABET = 256  # a byte-level BPE starts from every byte
@@ -59,6 +61,8 @@ class DataConfig:
             raise ValueError(f"data.sources is given but data.source={self.source}: select the mixture with data=mix")
         if self.sources and self.dir is not None:
             raise ValueError("data=mix reads data.sources; data.dir must stay null (each source has its dir)")
+        if self.sources:
+            check_sources([s.name for s in self.sources], [s.weight for s in self.sources])
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
         if self.shard_tokens <= 0:

@@ -123,19 +123,23 @@ class Mixture:
         return b * self.counts + np.bincount(labels[:o], minlength=len(self.names))
 
 
+def check_sources(names: list[str], weights: list[float]) -> None:
+    """Names unique, weights > 0 (also checked when the config is typed, before anything is loaded)."""
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"data.sources names must be unique; {', '.join(dup)} given more than once")
+    for name, weight in zip(names, weights, strict=True):
+        if not weight > 0:
+            raise DataError(f"data.sources: weight of {name!r} is {weight}; every weight must be > 0 (drop the "
+                            "source to leave it out)")
+
+
 def load_sources(sources: list[Source], seq_len: int, max_token_id: int | None, verify: bool,
                  check_sizes: bool) -> tuple[list[Manifest], list[Windows], list[Windows | None]]:
     """Each source's manifest and train/val readers, after the checks a mixture needs (one `DataError` line
     each): names unique, weights > 0, one tokenizer for all (sha256 and vocab), vocab within the model, and
     `seq_len` fitting every source's train split."""
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"data.sources names must be unique; {', '.join(dup)} given more than once")
-    for s in sources:
-        if not s.weight > 0:
-            raise DataError(f"data.sources: weight of {s.name!r} is {s.weight}; every weight must be > 0 (drop the "
-                            "source to leave it out)")
+    check_sources([s.name for s in sources], [s.weight for s in sources])
     manifests = []
     for s in sources:
         try:

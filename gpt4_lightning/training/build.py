@@ -8,29 +8,40 @@ fails in a second with one line and changes nothing on disk.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ..checkpoint.load import check_resumable
 from ..config import TrainConfig, to_typed
-from ..data.datamodule import GPT4DataModule
 from ..data.mixture import Source
 from ..data.prepare import planned_dir, prepare, prepared_dir
 from ..data.shards import MANIFEST
 from .devices import check_trainer, is_global_rank_zero, uses_fsdp
-from .module import GPT4LitModule
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from ..data.datamodule import GPT4DataModule
+    from .module import GPT4LitModule
 
 
 def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
     """The module, data and trainer `cfg` describes (data prepared on the way, if needed), checked against
-    the checkpoint `ckpt_path` (resolved by `checkpoint.paths.resolve_ckpt_path`) it will resume from."""
+    the checkpoint `ckpt_path` (resolved by `checkpoint.paths.resolve_ckpt_path`) it will resume from.
+    Seeds everything (`cfg.seed`, DataLoader workers too) once the checks pass."""
     run: TrainConfig = to_typed(cfg)  # the range checks of every group
     check_trainer(cfg.trainer)
     if ckpt_path is not None:
+        from ..checkpoint.load import check_resumable
+
         check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
+    # Lightning (~4 s to import) only now: a command the checks above reject fails in about a second
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from .module import GPT4LitModule
+
+    L.seed_everything(cfg.seed, workers=True)
     datamodule = build_data(run)
     parallel = run.parallel.for_precision(str(run.trainer.precision))
     module = GPT4LitModule(model=run.model, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.scheduler),
@@ -47,6 +58,8 @@ def build_data(run: TrainConfig) -> GPT4DataModule:
     exists. The other ranks do no data work here: they read the manifest where rank 0 writes it, early when it
     is already there (the usual case: prepared once, trained many times), else in `setup` after Lightning's
     barrier, which rank 0 reaches only once it has prepared."""
+    from ..data.datamodule import GPT4DataModule
+
     rank_zero = is_global_rank_zero()
     if run.data.sources:  # a mixture of prepared directories: nothing to prepare; every rank reads the manifests
         sources = [Source(s.name, Path(s.dir).expanduser().absolute(), s.weight) for s in run.data.sources]

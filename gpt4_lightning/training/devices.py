@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig, ListConfig
+
+if TYPE_CHECKING:
+    import torch
 
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 
@@ -19,6 +21,8 @@ def is_global_rank_zero() -> bool:
 
 def pick_device(device: str) -> torch.device:
     """`device=auto|cpu|cuda|cuda:N|...`, checked: a device this machine does not have is an error."""
+    import torch  # lazily: a bad override is reported before torch loads (~2 s)
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -37,6 +41,8 @@ def pick_device(device: str) -> torch.device:
 def world_size(devices: int | str, num_nodes: int) -> int:
     """Processes a Lightning trainer with these `devices`/`num_nodes` runs ("auto": every GPU, or 1 on CPU)."""
     if devices in ("auto", -1, "-1"):
+        import torch
+
         devices = max(torch.cuda.device_count(), 1)
     return int(devices) * int(num_nodes)
 
@@ -73,6 +79,8 @@ def uses_fsdp(trainer: DictConfig) -> bool:
 def check_trainer(trainer: DictConfig) -> None:
     """What Lightning would reject deep inside `fit` (or accept and regret, like 64 CPU processes on a laptop),
     checked before any work and named by key: devices against this machine, precision, and FSDP's mesh."""
+    import torch  # lazily: a bad override is reported before torch loads (~2 s)
+
     accelerator = str(trainer.get("accelerator", "auto"))
     found = _device_count(trainer.get("devices", "auto"))
     if found is not None and found[0] < 1:
