@@ -222,7 +222,7 @@ class GPT4DataModule(L.LightningDataModule):
         seq_len: tokens the model sees per sample; batches are `(batch_size, seq_len + 1)` int64.
         batch_size: per rank.
         num_workers: DataLoader worker processes (the order is the same for any value).
-        seed: shuffling seed; epoch e uses `default_rng([seed, e])`.
+        seed: shuffling seed; epoch e's order is `Permutation(num_windows, seed, e)`.
         verify: sha256 every shard on setup.
         max_token_id: the model's `num_tokens` (every id must be below it); None skips the check.
         check_sizes: stat every shard on setup against the manifest (the rank that prepared or checked the data

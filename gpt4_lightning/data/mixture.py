@@ -106,9 +106,9 @@ class Mixture:
         """Stream positions `g` (n,) -> window ids in the concatenated reader (n,)."""
         source, draw = self.sources(g)
         epoch, position = np.divmod(draw, self.sizes[source])
-        groups, which = np.unique(source * (int(epoch.max(initial=0)) + 1) + epoch, return_inverse=True)
-        first = np.zeros(len(groups), dtype=np.int64)
-        first[which[::-1]] = np.arange(len(which))[::-1]  # an element of each (source, epoch) group
+        # one permutation per (source, epoch) group; `first`: an element of each group
+        _, first, which = np.unique(source * (int(epoch.max(initial=0)) + 1) + epoch, return_index=True,
+                                    return_inverse=True)
         perms = Permutations([self._source_order(int(source[i]), int(epoch[i])) for i in first.tolist()])
         return self.offsets[source] + perms(which, position)
 

@@ -89,12 +89,11 @@ class GPT4LitModule(L.LightningModule):
             metric.reset()
         sources = getattr(getattr(self.trainer, "datamodule", None), "val_sources", None) or []
         if sources:
-            total = torch.zeros((), device=self.device)
+            total, seen = torch.zeros((), device=self.device), 0.0
             for (name, weight, _), loss in zip(sources, losses, strict=False):
                 if loss is not None:
                     self.log(f"val/{name}/loss", loss, sync_dist=False)
-                    total = total + weight * loss
-            seen = sum(w for (_, w, _), loss in zip(sources, losses, strict=False) if loss is not None)
+                    total, seen = total + weight * loss, seen + weight
             loss = total / seen if seen else None
         else:
             loss = losses[0]
