@@ -1,6 +1,7 @@
 """The Slurm launch path on a real one-node Slurm cluster (the `slurm` fixture, tests/slurm_cluster.py),
-CPU only, tiny model: launch/slurm/train.sbatch with 2 ranks, a submitit multirun sweep, and a
-USR1 -> checkpoint -> requeue -> resume cycle."""
+CPU only, tiny model: launch/slurm/train.sbatch with 2 ranks, a submitit multirun sweep, a
+USR1 -> checkpoint -> requeue -> resume cycle, and launch/slurm/prepare.sbatch as a job array of parts and a
+dependent merge job."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
+PREPARE_SBATCH = REPO / "launch" / "slurm" / "prepare.sbatch"
 # this 2-core node: two CPU ranks, no GPUs (the script's defaults ask for 8 GPUs)
 CPU_JOB = ["--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=15"]
 
@@ -159,3 +161,32 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, work
     # appended to the same metrics.csv (gpt4_lightning.training.loggers.ResumableCSVLogger)
     steps = [s for s, _ in logged_losses(run_dir)]
     assert steps == list(range(max_steps)), (step, steps[:5], len(steps))
+
+
+def test_prepare_job_array_then_dependent_merge_job_equals_one_part_prepare(slurm, workdir, tmp_path):
+    from test_prepare import documents
+
+    from gpt4_lightning.config import compose_config
+    from gpt4_lightning.data.prepare import prepare
+
+    corpus = tmp_path / "corpus"  # the shared corpus in 3 files: parts are ranges of files
+    corpus.mkdir()
+    lines = (workdir / "corpus.jsonl").read_text().splitlines(keepends=True)
+    for k in range(3):
+        (corpus / f"{k}.jsonl").write_text("".join(lines[k::3]))
+    data = ["data=files", f"data.path={corpus}", "tokenizer.vocab_size=512", "data.shard_tokens=20000"]
+    args = [*data, f"data.dir={tmp_path / 'parted'}", "num_parts=2"]
+    job = [str(PREPARE_SBATCH), *args]
+    array = slurm.submit("--array=0-1", "--cpus-per-task=1", "--time=10", *job, env=job_env(workdir), cwd=tmp_path)
+    merge = slurm.submit(f"--dependency=afterok:{array}", "--cpus-per-task=1", "--time=10", *job,
+                         env=job_env(workdir), cwd=tmp_path)
+    assert slurm.wait(merge, timeout=300) == "COMPLETED", slurm.describe(merge) + slurm.describe(f"{array}_0")
+    for k in range(2):
+        task = slurm.job(f"{array}_{k}")
+        assert task["JobState"] == "COMPLETED", slurm.describe(f"{array}_{k}", task)
+        assert f"prepared {tmp_path / 'parted' / 'parts'}/part-0000{k}-of-00002" in slurm.stdout(None, task)
+    log = slurm.stdout(merge)
+    assert "merged 2 parts" in log and "prepared " not in log, log[-3000:]
+    whole = prepare(compose_config("prepare", [*data, f"data.dir={tmp_path / 'whole'}"]))
+    for split in ("train", "val"):
+        assert documents(tmp_path / "parted", split) == documents(whole, split), split

@@ -1,8 +1,9 @@
-"""`python -m gpt4_lightning.prepare [data=stdlib|files|hf_hub] [tokenizer=bpe|file|hub] [key=value ...]`
+"""`python -m gpt4_lightning.prepare [data=stdlib|files|hf_hub] [tokenizer=bpe|file|hub] [num_parts=N [part=k]] ...`
 
-Tokenizes a corpus into shards (see `gpt4_lightning.data.prepare`), or finds them already
-prepared. Prints a summary line and, last, the prepared directory, so scripts can take it
-with `DIR=$(python -m gpt4_lightning.prepare ... | tail -n 1)`.
+Tokenizes a corpus into shards (see `gpt4_lightning.data.prepare`), or finds them already prepared; with
+`num_parts`, one part (`part=k`) or the missing parts and then their merge (`data/parts.py`). Prints a summary
+line and, last, the prepared directory (a part's, with `part=k`), so scripts can take it with
+`DIR=$(python -m gpt4_lightning.prepare ... | tail -n 1)`.
 
 Bad input or config exits with status 1 and a single line `error: <message>` on stderr (the
 message names the file or key and the fix); a traceback helps nobody there. Set

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data.config import PrepareConfig
+from ..data.config import PrepareCommandConfig, PrepareConfig
 from ..model.config import GPT4Config
 from ..training.config import NONFINITE_MODES, OptimConfig, ParallelConfig, SchedulerConfig, TrainerConfig
 
@@ -103,7 +103,7 @@ class ExportConfig:
     out: str = "???"
 
 
-SCHEMAS = {"train": TrainConfig, "prepare": PrepareConfig, "generate": GenerateConfig, "evaluate": EvaluateConfig,
-           "export": ExportConfig}
+SCHEMAS = {"train": TrainConfig, "prepare": PrepareCommandConfig, "generate": GenerateConfig,
+           "evaluate": EvaluateConfig, "export": ExportConfig}
 # nodes that take new keys with `+key=value` (passed through to what they instantiate)
 OPEN_NODES = {"trainer": TrainerConfig}

@@ -76,8 +76,9 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """kind: bpe (a byte-level BPE of `vocab_size` trained on the corpus) | file (`path`: a tokenizer.json)
-    | hub (`name`: `Tokenizer.from_pretrained`). `eos_token` must be in the vocabulary: it ends every document."""
+    """kind: bpe (a byte-level BPE of `vocab_size` trained on the corpus's train documents; `train_bytes` caps
+    its sample, null: all of them) | file (`path`: a tokenizer.json) | hub (`name`: `Tokenizer.from_pretrained`).
+    `eos_token` must be in the vocabulary: it ends every document."""
 
     kind: str = "bpe"
     eos_token: str = "<|endoftext|>"
@@ -86,6 +87,7 @@ class TokenizerConfig:
     special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>", "<|pad|>"])
     path: str | None = None
     name: str | None = None
+    train_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TOKENIZER_KINDS:
@@ -102,6 +104,9 @@ class TokenizerConfig:
                                  "tokens)")
             if self.min_frequency < 0:
                 raise ValueError(f"tokenizer.min_frequency={self.min_frequency} must be >= 0")
+            if self.train_bytes is not None and self.train_bytes <= 0:
+                raise ValueError(f"tokenizer.train_bytes={self.train_bytes} must be > 0 (or null for all the train "
+                                 "text)")
 
 
 @dataclass
@@ -117,3 +122,22 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.num_proc is not None and self.num_proc < 1:
             raise ValueError(f"num_proc={self.num_proc} must be >= 1 (or null for all cores)")
+
+
+@dataclass
+class PrepareCommandConfig(PrepareConfig):
+    """`python -m gpt4_lightning.prepare`: a `PrepareConfig`, and the corpus in parts. `part=k` prepares part k
+    of `num_parts` (a Slurm array task each); without `part`, the parts not yet prepared are prepared here and
+    all of them merged into one prepared directory."""
+
+    num_parts: int = 1
+    part: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_parts < 1:
+            raise ValueError(f"num_parts={self.num_parts} must be >= 1")
+        if self.part is not None and not 0 <= self.part < self.num_parts:
+            raise ValueError(f"part={self.part} must be in [0, num_parts={self.num_parts}): parts are numbered "
+                             f"0..{self.num_parts - 1} (e.g. part=$SLURM_ARRAY_TASK_ID with --array=0-"
+                             f"{self.num_parts - 1})")

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import copy
 import glob
+import hashlib
 import io
 import logging
 import os
@@ -42,6 +44,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .config import SOURCES, DataConfig
 from .shards import DataError
@@ -175,6 +179,42 @@ class Corpus:
                                  "to the command line")
             self.hub_config = data_cfg.hub_config
             self.hub_split = data_cfg.hub_split or "train"
+        self.hub_part: tuple[int, int] | None = None  # (index, count): `IterableDataset.shard`, contiguous
+        self._sizes: np.ndarray | None = None  # of `files`, stat'ed once for all parts
+
+    def part(self, index: int, count: int) -> Corpus:
+        """Part `index` of `count` (for `prepare num_parts=count part=index`): a contiguous range of the files,
+        each file in the part its middle byte falls in (balanced by bytes; every part at least one
+        file), or a hub dataset's data files by `IterableDataset.shard(count, index, contiguous=True)`. The
+        parts in order are the corpus in order, so merging them keeps its document order."""
+        part = copy.copy(self)
+        part.stats, part._warned = CorpusStats(), set()
+        if self.source == "hf_hub":
+            part.hub_part = (index, count)
+            return part
+        if count > len(self.files):
+            raise DataError(f"num_parts={count} is more than the {len(self.files)} input files of "
+                            f"{self.inputs()}; use num_parts <= {len(self.files)} (a part is at least one file)")
+        if self._sizes is None:
+            self._sizes = np.array([p.stat().st_size for p in self.files], dtype=np.float64)
+        sizes = self._sizes
+        middles = np.cumsum(sizes) - sizes / 2  # a file goes to the part its middle byte falls in
+        bounds = np.searchsorted(middles, sizes.sum() * np.arange(count + 1) / count, side="left")
+        bounds[0], bounds[-1] = 0, len(self.files)
+        for k in range(1, count):  # strictly increasing, room left for the parts after k
+            bounds[k] = min(max(bounds[k], bounds[k - 1] + 1), len(self.files) - (count - k))
+        part.files, part._sizes = self.files[bounds[index] : bounds[index + 1]], None
+        return part
+
+    def spread(self) -> Corpus:
+        """The same documents with the files in a fixed pseudo-random order (by a hash of each file name), so a
+        prefix of it (a tokenizer's training sample) spans the corpus instead of its first folder. A hub
+        dataset keeps its order."""
+        spread = copy.copy(self)
+        spread.stats, spread._warned = CorpusStats(), set()
+        spread._sizes = None
+        spread.files = sorted(self.files, key=lambda p: hashlib.blake2b(str(p).encode(), digest_size=8).digest())
+        return spread
 
     def describe(self, detailed: bool = True) -> dict[str, Any]:
         """The inputs, as JSON; `detailed` adds every file's size and mtime (for the fingerprint only)."""
@@ -258,6 +298,12 @@ class Corpus:
             raise DataError(f"cannot open hub dataset {self.name!r} (config {self.hub_config!r}, split "
                             f"{self.hub_split!r}): {type(e).__name__}: {e}; check data.name, data.hub_config, "
                             "data.hub_split and the network (HF_HUB_OFFLINE)") from e
+        if self.hub_part is not None:
+            index, count = self.hub_part
+            if count > dataset.num_shards:
+                raise DataError(f"num_parts={count} is more than the {dataset.num_shards} data files of hub dataset "
+                                f"{self.name}; use num_parts <= {dataset.num_shards}")
+            dataset = dataset.shard(num_shards=count, index=index, contiguous=True)
         yield from self._texts(dataset, self.text_field, f"hub dataset {self.name}")
 
     def _texts(self, rows: Iterable[dict[str, Any]], column: str, origin: str) -> Iterator[str | None]:

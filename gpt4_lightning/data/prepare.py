@@ -13,8 +13,13 @@ written; every file goes through `atomic_writer`; the manifest is written last; 
 from an older, larger run are removed only after the new manifest is in place. A lock file
 serialises concurrent prepares of one directory (e.g. several ranks starting at once).
 
-Train/val split is by document, by a hash of the document's index: deterministic, streamable
-(no need to know the corpus size), and the same in the BPE pass and the encoding pass.
+`prepare num_parts=N [part=k]` (a `PrepareCommandConfig`) prepares the corpus in parts and merges them:
+`data/parts.py`.
+
+Train/val split is by document, by a hash of the document's text (`is_val`): deterministic, streamable
+(no need to know the corpus size), the same in the BPE pass and the encoding pass, and the same wherever a
+document sits, so a corpus prepared in parts (`data/parts.py`) splits exactly as it does whole (and exact
+duplicates never straddle train and val).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from . import tokenizer as tok
-from .config import PrepareConfig, TokenizerConfig
+from .config import PrepareCommandConfig, PrepareConfig, TokenizerConfig
 from .corpus import Corpus
 from .encode import batches as _batches
 from .encode import encode as _encode
@@ -55,6 +60,8 @@ from .shards import (
 log = logging.getLogger(__name__)
 
 SHARD_FORMAT = 1
+# how documents are split (in the fingerprint and the manifest); outputs without it split by document index
+SPLIT_RULE = "content-blake2b"
 
 CACHE_ENV = "GPT4_LIGHTNING_CACHE"
 TOKENIZER_FILE = "tokenizer.json"
@@ -71,10 +78,11 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(corpus: Corpus, tok_cfg: TokenizerConfig, val_fraction: float, shard_tokens: int) -> str:
-    # "format_version" is the shards' format, 1 still: manifest version 2 only lists them compactly, so outputs
-    # prepared under either manifest version are reused (the key keeps every existing fingerprint valid)
-    payload = {"format_version": SHARD_FORMAT, "inputs": corpus.describe(), "text_field": corpus.text_field,
-               "val_fraction": val_fraction, "shard_tokens": shard_tokens, "tokenizer": tok.describe(tok_cfg)}
+    # "format_version" is the shards' format (1 still: manifest version 2 only lists them compactly); "split" the
+    # split rule, so an output split by an older rule is not taken for one split by this rule
+    payload = {"format_version": SHARD_FORMAT, "split": SPLIT_RULE, "inputs": corpus.describe(),
+               "text_field": corpus.text_field, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
+               "tokenizer": tok.describe(tok_cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -86,33 +94,75 @@ def output_dir(cfg: PrepareConfig, fp: str) -> Path:
     return (cache / f"{name}-{fp}").absolute()
 
 
-def is_val(index: int, val_fraction: float) -> bool:
-    """Whether document `index` is held out; document 0 always trains (a train split is never empty)."""
-    digest = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8, person=b"gpt4l-split").digest()
-    return index > 0 and int.from_bytes(digest, "little") / 2**64 < val_fraction
+def is_val(text: str, val_fraction: float) -> bool:
+    """Whether a document is held out, by a hash of its text: independent of its position in the corpus (or of
+    the part it is prepared in)."""
+    if val_fraction <= 0:
+        return False
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, person=b"gpt4l-split").digest()
+    return int.from_bytes(digest, "little") / 2**64 < val_fraction
 
 
-def split_documents(docs: Iterable[str], val_fraction: float) -> Iterator[tuple[str, str]]:
-    """(split, text) per document, order kept within a split. If no document hashed to val and
-    there are >= 2 documents (and val_fraction > 0), the last one goes to val, so a val split
-    exists for small corpora: the latest train document is held back until the next arrives."""
+def split_documents(docs: Iterable[str], val_fraction: float, small_corpus_rules: bool = True
+                    ) -> Iterator[tuple[str, str]]:
+    """(split, text) per document by `is_val`, order kept within a split. `small_corpus_rules` (a corpus prepared
+    whole) keeps both splits non-empty where the hash alone would not: if no document hashes to train, the first
+    one trains; if none hashes to val (with >= 2 documents and val_fraction > 0), the last one is held out. The
+    leading val documents and the latest train document are held back until the rule is decided. A part cannot
+    know whether the whole corpus needs a rule, so parts apply none: only a corpus of fewer than ~1/val_fraction
+    documents prepares differently whole and in parts."""
+    leading_val: list[str] = []  # val documents before the first train one
     held: str | None = None
     count = val = 0
-    for index, text in enumerate(docs):
+    for text in docs:
         count += 1
-        if val_fraction > 0 and is_val(index, val_fraction):
+        if is_val(text, val_fraction):
             val += 1
-            yield "val", text
+            if small_corpus_rules and held is None:
+                leading_val.append(text)
+            else:
+                yield "val", text
+            continue
+        yield from (("val", t) for t in leading_val)
+        leading_val = []
+        if not small_corpus_rules:
+            yield "train", text
             continue
         if held is not None:
             yield "train", held
         held = text
-    if held is not None:
+    if leading_val:  # nothing hashed to train
+        yield "train", leading_val[0]
+        yield from (("val", t) for t in leading_val[1:])
+    elif held is not None:
         yield ("val" if val_fraction > 0 and val == 0 and count >= 2 else "train"), held
 
 
+def train_tokenizer(corpus: Corpus, cfg: PrepareConfig) -> Tokenizer:
+    """The BPE of `cfg.tokenizer`, trained on the documents `is_val` keeps for training (so the same whether the
+    corpus is prepared whole or in parts), or on the first `tokenizer.train_bytes` of them, with the files in
+    `Corpus.spread` order so that sample spans the corpus."""
+    cap = cfg.tokenizer.train_bytes
+    sample = corpus.spread() if cap else corpus
+
+    def texts() -> Iterator[str]:
+        seen = 0
+        for text in sample:
+            if is_val(text, cfg.data.val_fraction):
+                continue
+            yield text
+            seen += len(text.encode("utf-8", "surrogatepass"))
+            if cap and seen >= cap:
+                return
+
+    tokenizer = tok.train_bpe(texts(), cfg.tokenizer)
+    if sample.stats.documents == 0:
+        raise DataError(f"no text found in {corpus.inputs()}; point data.path at non-empty text")
+    return tokenizer
+
+
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
+def locked(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on `out` (released by the OS even on SIGKILL)."""
     try:
         import fcntl
@@ -128,7 +178,7 @@ def _locked(out: Path) -> Iterator[None]:
         yield
 
 
-def _reusable(out: Path, fp: str, current: dict[str, Any], verify: bool = False) -> bool:
+def reusable(out: Path, fp: str, current: dict[str, Any], verify: bool = False) -> bool:
     """True if `out` holds a complete output for these inputs; False if there is none; an error (naming the file)
     if there is one that is broken or from other inputs. O(shards) stats, no hashing: `data.verify=true` (or
     `verify`) reads every byte."""
@@ -152,6 +202,8 @@ def _other_inputs(out: Path, manifest: Manifest, current: dict[str, Any]) -> str
     saved = manifest.source
     changed = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in current.items()
                if key in saved and saved.get(key) != value]
+    if "split" not in saved:
+        changed.insert(0, "documents split by their index there (an older gpt4_lightning), by their text now")
     what = "; ".join(changed) if changed else "the input files changed (sizes or modification times)"
     tokens = sum(manifest.num_tokens(split) for split in manifest.splits)
     shards = sum(len(shards) for shards in manifest.splits.values())
@@ -163,7 +215,7 @@ def _other_inputs(out: Path, manifest: Manifest, current: dict[str, Any]) -> str
 
 def describe_inputs(corpus: Corpus, cfg: PrepareConfig) -> dict[str, Any]:
     """What the manifest's `source` records of the inputs (and what a mismatch is explained by)."""
-    return {**corpus.describe(detailed=False), "val_fraction": cfg.data.val_fraction,
+    return {**corpus.describe(detailed=False), "split": SPLIT_RULE, "val_fraction": cfg.data.val_fraction,
             "shard_tokens": cfg.data.shard_tokens, "tokenizer": tok.describe(cfg.tokenizer)}
 
 
@@ -200,42 +252,52 @@ def as_prepare_config(cfg: PrepareConfig | DictConfig) -> PrepareConfig:
     its range checks run here."""
     if isinstance(cfg, PrepareConfig):
         return cfg
-    return PrepareConfig(data=OmegaConf.to_object(cfg.data), tokenizer=OmegaConf.to_object(cfg.tokenizer),
-                         cache_dir=cfg.cache_dir, overwrite=cfg.overwrite, num_proc=cfg.num_proc)
+    common = dict(data=OmegaConf.to_object(cfg.data), tokenizer=OmegaConf.to_object(cfg.tokenizer),
+                  cache_dir=cfg.cache_dir, overwrite=cfg.overwrite, num_proc=cfg.num_proc)
+    if "num_parts" in cfg:
+        return PrepareCommandConfig(**common, num_parts=cfg.num_parts, part=cfg.part)
+    return PrepareConfig(**common)
 
 
 def prepare(cfg: PrepareConfig | DictConfig) -> Path:
-    """Prepare (or reuse) the shards for `cfg.data` + `cfg.tokenizer`; returns the directory."""
+    """Prepare (or reuse) the shards for `cfg.data` + `cfg.tokenizer`; returns the directory. A
+    `PrepareCommandConfig` with `num_parts > 1` prepares in parts (`data/parts.py`): one part with `part=k` (its
+    directory is returned), else the missing parts and then their merge."""
     cfg = as_prepare_config(cfg)
     if cfg.data.source == "mix":
         raise DataError("data=mix trains on prepared directories and has nothing to prepare: prepare each source on "
                         "its own (e.g. data=files data.path=<its files> data.dir=<its directory>), with one tokenizer")
     start = time.perf_counter()
-    val_fraction, shard_tokens, num_proc = cfg.data.val_fraction, cfg.data.shard_tokens, _num_proc(cfg)
-    overwrite = cfg.overwrite
     corpus = Corpus(cfg.data)  # a missing path fails here
     tokenizer = tok.load_tokenizer(cfg.tokenizer)  # file/hub (EOS checked); None: BPE, trained below
-    fp = fingerprint(corpus, cfg.tokenizer, val_fraction, shard_tokens)
+    fp = fingerprint(corpus, cfg.tokenizer, cfg.data.val_fraction, cfg.data.shard_tokens)
     out = output_dir(cfg, fp)
     current = describe_inputs(corpus, cfg)
-    if not overwrite and _reusable(out, fp, current, cfg.data.verify):
+    if not cfg.overwrite and reusable(out, fp, current, cfg.data.verify):
         return out
     if cfg.data.dir:  # before the corpus is read: a place that cannot be written fails at once
         check_writable_dir(out, "data.dir")
     else:
         check_writable_dir(out.parent, "cache_dir", "point cache_dir (or $GPT4_LIGHTNING_CACHE) at a writable "
                            "directory")
+    if isinstance(cfg, PrepareCommandConfig) and (cfg.num_parts > 1 or cfg.part is not None):
+        from .parts import prepare_parts
 
+        return prepare_parts(cfg, corpus, tokenizer, fp, out, current)
     # Read the corpus (train the BPE) before writing anything: bad input leaves `out` as it was.
-    documents: Iterable[tuple[str, str]]
     if tokenizer is None:
-        train = (text for split, text in split_documents(corpus, val_fraction) if split == "train")
-        tokenizer = tok.train_bpe(train, cfg.tokenizer)
-        if corpus.stats.documents == 0:
-            raise DataError(f"no text found in {corpus.inputs()}; point data.path at non-empty text")
-        documents = split_documents(corpus, val_fraction)
-    else:
-        documents = split_documents(corpus, val_fraction)
+        tokenizer = train_tokenizer(corpus, cfg)
+    return write_prepared(out, corpus, tokenizer, cfg, fp, current, whole=True, start=start)
+
+
+def write_prepared(out: Path, corpus: Corpus, tokenizer: Tokenizer, cfg: PrepareConfig, fp: str,
+                   current: dict[str, Any], whole: bool, start: float | None = None) -> Path:
+    """Encode `corpus` into the prepared directory `out` (under its lock; reused if another process finished it
+    meanwhile). `whole`: the corpus is all there is (not a part): it must hold text, and `split_documents`'
+    small-corpus rules apply."""
+    start = time.perf_counter() if start is None else start
+    documents: Iterable[tuple[str, str]] = split_documents(corpus, cfg.data.val_fraction, small_corpus_rules=whole)
+    if whole:
         first = next(iter(documents), None)
         if first is None:
             raise DataError(f"no text found in {corpus.inputs()}; point data.path at non-empty text")
@@ -244,16 +306,16 @@ def prepare(cfg: PrepareConfig | DictConfig) -> Path:
     eos = tok.eos_id(tokenizer, cfg.tokenizer.eos_token, "the trained BPE")
 
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
-        if not overwrite and _reusable(out, fp, current):  # another process finished it while we read
+    with locked(out):
+        if not cfg.overwrite and reusable(out, fp, current):  # another process finished it while we read
             return out
-        manifest = _write(out, corpus, documents, tokenizer, eos, cfg, fp, shard_tokens, num_proc)
+        manifest = _write(out, corpus, documents, tokenizer, eos, cfg, fp, current)
     manifest.stats.update(tokenizer_seconds=round(tokenizer_seconds, 3))
     seconds = time.perf_counter() - start
     text_mb = manifest.stats["text_bytes"] / 1e6
     manifest.stats.update(seconds=round(seconds, 3), mb_per_s=round(text_mb / max(seconds, 1e-9), 3))
     manifest.save(out)  # last: the shards, tokenizer and stats are all in place
-    _remove_stale_shards(out, manifest)
+    remove_stale_shards(out, manifest)
     log.info("prepared %s: %s", out, summary(manifest))
     return out
 
@@ -264,12 +326,10 @@ def _chain(first: tuple[str, str], rest: Iterable[tuple[str, str]]) -> Iterator[
 
 
 def _write(out: Path, corpus: Corpus, documents: Iterable[tuple[str, str]], tokenizer: Tokenizer, eos: int,
-           cfg: PrepareConfig, fp: str, shard_tokens: int, num_proc: int) -> Manifest:
+           cfg: PrepareConfig, fp: str, current: dict[str, Any]) -> Manifest:
     """Tokenizer and shards into `out`; returns the manifest (not yet saved)."""
-    (out / MANIFEST).unlink(missing_ok=True)  # first: an old manifest must never describe new, partial shards
-    for path in out.iterdir():
-        if _TEMPORARY.match(path.name):  # left by a killed run
-            path.unlink(missing_ok=True)
+    start_writing(out)
+    shard_tokens, num_proc = cfg.data.shard_tokens, _num_proc(cfg)
     tokenizer_json = tokenizer.to_str()
     with atomic_writer(out / TOKENIZER_FILE, "w") as f:
         f.write(tokenizer_json)
@@ -294,14 +354,24 @@ def _write(out: Path, corpus: Corpus, documents: Iterable[tuple[str, str]], toke
     return Manifest(
         dtype=dtype.name, vocab_size=vocab, eos_id=eos, tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=sha256_file(out / TOKENIZER_FILE), splits=splits,
-        source={"name": corpus.name, "fingerprint": fp, **describe_inputs(corpus, cfg)},
+        source={"name": corpus.name, "fingerprint": fp, **current},
         stats={"documents": docs, "tokens": tokens, "empty_documents": stats.empty_documents,
                "skipped_files": len(stats.skipped_files), "skipped": stats.skipped_files[:100],
                "text_bytes": text_bytes, "num_proc": num_proc,
                "encode_seconds": round(time.perf_counter() - encode_start, 3)})
 
 
-def _remove_stale_shards(out: Path, manifest: Manifest) -> None:
+def start_writing(out: Path) -> None:
+    """Before the first new file in `out`: the old manifest goes (it must never describe new, partial shards),
+    and so do the temporaries of a killed run."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for path in out.iterdir():
+        if _TEMPORARY.match(path.name):
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_shards(out: Path, manifest: Manifest) -> None:
+    """Shards (or links) left from an older, larger output: after the new manifest is in place."""
     current = {shards.file(i) for shards in manifest.splits.values() for i in range(len(shards))}
     for path in out.iterdir():
         if _SHARD.match(path.name) and path.name not in current:

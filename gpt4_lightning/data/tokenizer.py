@@ -41,7 +41,7 @@ def describe(tok_cfg: TokenizerConfig) -> dict[str, Any]:
     desc: dict[str, Any] = {"kind": kind, "eos_token": str(tok_cfg.eos_token)}
     if kind == "bpe":
         desc.update(vocab_size=int(tok_cfg.vocab_size), min_frequency=int(tok_cfg.min_frequency),
-                    special_tokens=[str(t) for t in tok_cfg.special_tokens])
+                    special_tokens=[str(t) for t in tok_cfg.special_tokens], train_bytes=tok_cfg.train_bytes)
     elif kind == "file":
         path = _tokenizer_path(tok_cfg)
         desc.update(path=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest())
