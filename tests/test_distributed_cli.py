@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY, run, step_losses, step_metric, train_args
 from omegaconf import OmegaConf
+from test_hf_export import transformers_matches
 
 from gpt4_lightning.config import compose_config
 
@@ -58,7 +59,7 @@ def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy, t
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_reshards_and_exports(workdir):
+def test_fsdp_checkpoint_reshards_and_exports(workdir, tmp_path):
     """2 ranks for 10 steps, resumed on 1 rank to 14, back on 2 ranks to 18, always with the global batch of 8
     windows: step by step the losses of one uninterrupted single-process run of 18 steps. Tolerance 1e-4: the
     runs differ only in float32 reduction order (gradients reduce-scattered over 2 ranks or summed in one;
@@ -96,11 +97,12 @@ def test_fsdp_checkpoint_reshards_and_exports(workdir):
     assert meta["global_step"] == 18
     out = workdir / "exported"
     run(workdir, "export", f"ckpt_path={ckpt}", f"out={out / 'model.safetensors'}")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "modeling_gpt4.py"} <= {p.name for p in out.iterdir()}
     exported = GPT4.from_pretrained(out)
     tokens = torch.randint(0, exported.config.num_tokens, (2, 48))
     with torch.no_grad():
         torch.testing.assert_close(exported(tokens), trained(tokens), atol=1e-5, rtol=1e-5)
+    transformers_matches(out, ckpt, tmp_path)  # the export of the sharded checkpoint, read by transformers alone
 
 
 @pytest.mark.slow

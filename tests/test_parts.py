@@ -133,3 +133,19 @@ def test_merge_refuses_parts_of_other_tokenizers_or_another_num_parts(tmp_path):
         prepare(config(*args, "part=2"))
     with pytest.raises(DataError, match=r"parts holds parts of num_parts=2, not 3: give the num_parts they were"):
         prepare(config(*args, "num_parts=3"))  # the merge would prepare 3 new parts beside the 2 done
+
+
+def test_a_hub_dataset_is_parted_by_its_data_files(tmp_path):
+    """hf_hub parts are `IterableDataset.shard(N, k, contiguous=True)` of the streamed dataset: a local folder of
+    3 data files (what `datasets` resolves as it resolves a hub id) in 2 parts merges to the one-part result."""
+    docs = make_docs(90, seed=5)
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    for f in range(3):
+        write_jsonl(tmp_path / "ds" / "data" / f"train-{f:05d}-of-00003.jsonl", docs[f * 30 : (f + 1) * 30])
+    args = ["data=hf_hub", f"data.name={tmp_path / 'ds'}", "tokenizer.vocab_size=300", "data.val_fraction=0.2"]
+    whole = prepare(config(*args, f"data.dir={tmp_path / 'whole'}"))
+    parted = prepare(config(*args, f"data.dir={tmp_path / 'parted'}", "num_parts=2"))
+    assert [sum(Manifest.load(part_dir(parted, k, 2)).stats["documents"].values()) for k in range(2)] == [60, 30]
+    _same_documents(parted, whole)
+    with pytest.raises(DataError, match=r"num_parts=4 is more than the 3 data files of hub dataset"):
+        prepare(config(*args, f"data.dir={tmp_path / 'four'}", "num_parts=4", "part=0"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +176,40 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
     return model.to(device).eval(), describe(checkpoint)
 
 
-def _read_sharded_weights(path: Path, model: GPT4) -> dict[str, torch.Tensor]:
-    """The full weights of `model` (built on meta: shapes only) from a torch.distributed.checkpoint directory,
-    gathered in this one process (any number of shards; DCP reshards on load). Only the model's tensors are
-    read, not the optimizer's."""
+def iter_weights(path: str | Path) -> tuple[GPT4Config, dict[str, Any], Iterator[tuple[str, torch.Tensor]]]:
+    """The model config, `format.describe` of the checkpoint, and its weights one tensor at a time (the model's
+    own names), without ever holding the whole model: a `.ckpt` is memory-mapped, a sharded directory is read
+    one tensor per `dcp.load` (DCP reshards on load, any number of ranks)."""
+    checkpoint = read_checkpoint(path, mmap=True)
+    config = checkpoint_config(path, checkpoint)
+    with torch.device("meta"):
+        model = GPT4.from_config(config)
+    mismatch = shape_mismatch(checkpoint_shapes(path, checkpoint), model_shapes(model))
+    if mismatch:
+        raise ValueError(f"ckpt_path={path} does not fit its own model config: {mismatch}; the file is damaged or "
+                         "was edited: use another checkpoint")
+    expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        if not Path(path).is_dir():
+            state = checkpoint["state_dict"]
+            yield from ((name, state[PREFIX + name]) for name in expected)
+            return
+        for name, (shape, dtype) in expected.items():
+            yield name, _read_sharded_weights(Path(path), {name: torch.empty(shape, dtype=dtype)})[name]
+
+    return config, describe(checkpoint), tensors()
+
+
+def _read_sharded_weights(path: Path, model: GPT4 | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The full weights of `model` (built on meta: shapes only; or a dict of empty tensors to fill) from a
+    torch.distributed.checkpoint directory, gathered in this one process (any number of shards; DCP reshards
+    on load). Only the model's tensors are read, not the optimizer's."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+    state = (model if isinstance(model, dict) else
+             {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()})
     try:
         dcp.load({"state_dict": {PREFIX + k: v for k, v in state.items()}}, checkpoint_id=str(path), no_dist=True)
     except (Exception, CheckpointException) as e:  # CheckpointException (a BaseException) lists each rank's error

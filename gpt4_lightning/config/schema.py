@@ -97,10 +97,21 @@ class EvaluateConfig:
 
 @dataclass
 class ExportConfig:
-    """`python -m gpt4_lightning.export`: consolidate a checkpoint into safetensors + config.json."""
+    """`python -m gpt4_lightning.export`: a checkpoint -> a transformers directory (code, config, safetensors,
+    tokenizer)."""
 
     ckpt_path: str = "???"
     out: str = "???"
+    dtype: str = "fp32"  # fp32 | bf16 | fp16: the exported weights' dtype
+    max_shard_mb: int = 5120  # safetensors files above this are split (with an index), as transformers does
+    tokenizer_path: str | None = None  # default: the tokenizer.json of the checkpoint's prepared data
+    eos_token: str = "<|endoftext|>"  # with tokenizer_path: the token that ends a document
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"dtype={self.dtype} is not one of fp32, bf16, fp16")
+        if self.max_shard_mb < 1:
+            raise ValueError(f"max_shard_mb={self.max_shard_mb} must be >= 1")
 
 
 SCHEMAS = {"train": TrainConfig, "prepare": PrepareCommandConfig, "generate": GenerateConfig,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -100,19 +101,33 @@ class GPT4(AutoregressiveWrapper):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> GPT4:
-        """Load what `save_pretrained` (or `python -m gpt4_lightning.export`) wrote: a directory
-        holding model.safetensors + config.json, or the .safetensors file with config.json beside it."""
+        """Load what `save_pretrained` or `python -m gpt4_lightning.export` (a transformers directory: its
+        config.json has the GPT4 arguments beside transformers' keys; weights in one file or in shards with
+        `model.safetensors.index.json`) wrote: the directory, or the .safetensors file with config.json beside it."""
         from safetensors.torch import load_file
 
         path = Path(path)
-        weights = path / WEIGHTS if path.is_dir() else path
-        config_file = weights.parent / CONFIG
-        if not weights.is_file() or not config_file.is_file():
-            raise ValueError(f"{path}: expected {WEIGHTS} and {CONFIG} (from gpt4_lightning.export) there")
-        config = GPT4Config.from_kwargs(**json.loads(config_file.read_text()))
+        directory = path if path.is_dir() else path.parent
+        index = directory / (WEIGHTS + ".index.json")
+        if path.is_dir() and index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = [WEIGHTS if path.is_dir() else path.name]
+        config_file = directory / CONFIG
+        if not all((directory / f).is_file() for f in files) or not config_file.is_file():
+            raise ValueError(f"{path}: expected {WEIGHTS} (or its shards and index) and {CONFIG} (from "
+                             "gpt4_lightning.export) there")
+        saved = json.loads(config_file.read_text())
+        if "model_type" in saved:  # a transformers config: the GPT4 arguments are some of its keys
+            names = {f.name for f in dataclasses.fields(GPT4Config)}
+            saved = {k: v for k, v in saved.items() if k in names}
+        config = GPT4Config.from_kwargs(**saved)
         with torch.device("meta"):
             model = cls.from_config(config)
-        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True, assign=True)
+        state: dict[str, Tensor] = {}
+        for name in files:
+            state.update(load_file(str(directory / name), device=str(device)))
+        model.load_state_dict(state, strict=True, assign=True)  # the weights keep their saved dtype
         model.materialize_buffers(torch.device(device))
         return model.eval()
 
