@@ -120,3 +120,10 @@ def mix_args(workdir) -> Callable[[list[str]], list[str]]:
     def on_mix(args: list[str]) -> list[str]:
         return [a for a in args if not a.startswith(("data=", "data.path="))] + ["data=mix", sources]
     return on_mix
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(workdir) -> Path:
+    """A plain checkpoint of the tiny model after 8 steps (its prepared data in the workdir cache)."""
+    run(workdir, "train", *train_args(workdir, 8), "run_name=tiny_checkpoint", "trainer.limit_val_batches=0")
+    return workdir / "outputs" / "tiny_checkpoint" / "checkpoints" / "last.ckpt"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run, train_args
+from conftest import run
 from tokenizers import Tokenizer
 
 from gpt4_lightning import GPT4
@@ -47,9 +47,8 @@ def transformers_matches(export: Path, ckpt: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_export_of_a_plain_checkpoint_loads_in_transformers_alone(workdir, tmp_path):
-    run(workdir, "train", *train_args(workdir, 5), "run_name=hf_plain", "trainer.limit_val_batches=0")
-    ckpt = workdir / "outputs" / "hf_plain" / "checkpoints" / "last.ckpt"
+def test_export_of_a_plain_checkpoint_loads_in_transformers_alone(workdir, tiny_checkpoint, tmp_path):
+    ckpt = tiny_checkpoint
     out = tmp_path / "export"
     done = run(workdir, "export", f"ckpt_path={ckpt}", f"out={out}")
     assert "trust_remote_code=True" in done.stdout

@@ -1,7 +1,12 @@
-"""`python -m gpt4_lightning.evaluate ckpt_path=... [data_dir=...|source=...]`: loss and perplexity on a split
-(a mixture's checkpoint: of each source, and their weighted mean)."""
+"""`python -m gpt4_lightning.evaluate ckpt_path=... [data_dir=...|source=...] [tasks=<lm-eval tasks>]`: loss and
+perplexity on a split (a mixture's checkpoint: of each source, and their weighted mean), and with `tasks`
+lm-evaluation-harness tasks (`gpt4_lightning.evals`), whose results JSON goes into the run directory.
+`ckpt_path` may also be an export (`python -m gpt4_lightning.export`): then only `tasks` unless `data_dir`."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -17,7 +22,21 @@ from .launch import launch
 def evaluate(dict_cfg: DictConfig) -> dict[str, float]:
     cfg: EvaluateConfig = to_typed(dict_cfg)
     device = pick_device(cfg.device)
-    model, meta = load_model(cfg.ckpt_path, device)
+    if (Path(cfg.ckpt_path) / "config.json").is_file():  # an export
+        from ..model import GPT4
+
+        model, meta = GPT4.from_pretrained(cfg.ckpt_path, device).eval(), {"export": cfg.ckpt_path}
+    else:
+        model, meta = load_model(cfg.ckpt_path, device)
+    result: dict[str, float] = {}
+    if not (cfg.tasks and meta.get("export") and not cfg.data_dir):
+        result |= _losses(model, meta, cfg, device)
+    if cfg.tasks:
+        result |= _tasks(model, meta, cfg, device)
+    return result
+
+
+def _losses(model: torch.nn.Module, meta: dict, cfg: EvaluateConfig, device: torch.device) -> dict[str, float]:
     sources = [] if cfg.data_dir else (meta.get("data_sources") or [])
     if cfg.source is not None:
         chosen = [s for s in sources if s["name"] == cfg.source]
@@ -25,7 +44,8 @@ def evaluate(dict_cfg: DictConfig) -> dict[str, float]:
             names = ", ".join(s["name"] for s in sources) or "none: it was trained on one data directory"
             raise ValueError(f"source={cfg.source} is not a source of the checkpoint's data mixture ({names})")
         sources = chosen
-    data_dirs = [(s["name"], s["dir"], s["weight"]) for s in sources] or [(None, cfg.data_dir or meta["data_dir"], 1)]
+    data_dirs = [(s["name"], s["dir"], s["weight"]) for s in sources] or [(None, cfg.data_dir or meta.get("data_dir"),
+                                                                           1)]
     if data_dirs[0][1] is None:
         raise ValueError("the checkpoint does not name its data directory; pass data_dir=<prepared dir>")
     for _, data_dir, _ in data_dirs:
@@ -48,6 +68,36 @@ def evaluate(dict_cfg: DictConfig) -> dict[str, float]:
         result |= {"loss": loss, "perplexity": perplexity(loss)}
         print(f"{cfg.split} loss {loss:.4f}  perplexity {perplexity(loss):.2f}  (the mixture's weighted mean)")
     return result
+
+
+def _tasks(model: torch.nn.Module, meta: dict, cfg: EvaluateConfig, device: torch.device) -> dict[str, float]:
+    """lm-eval on the model in this process; results JSON in `results_dir` (default: the checkpoint's run
+    directory's `lm_eval/`)."""
+    from ..data.tokenizer import run_tokenizer
+    from ..evals.harness import run_tasks
+
+    tokenizer_json, eos_token = run_tokenizer(meta, cfg.tokenizer_path, "<|endoftext|>")
+    tasks = [t.strip() for t in cfg.tasks.split(",") if t.strip()]
+    results = run_tasks(model, tokenizer_json, eos_token, tasks, limit=cfg.limit, batch_size=cfg.batch_size,
+                        tasks_dir=Path(cfg.tasks_dir) if cfg.tasks_dir else None, device=str(device))
+    out = _results_dir(cfg) / f"results_step{meta.get('global_step', 'export')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    scores: dict[str, float] = {}
+    for task, metrics in results["results"].items():
+        values = {k.split(",")[0]: v for k, v in metrics.items()  # "acc,none": a metric under a filter
+                  if "," in k and isinstance(v, int | float) and "stderr" not in k}
+        print(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        scores |= {f"{task}/{k}": float(v) for k, v in values.items()}
+    print(f"lm-eval results: {out}")
+    return scores
+
+
+def _results_dir(cfg: EvaluateConfig) -> Path:
+    if cfg.results_dir:
+        return Path(cfg.results_dir)
+    ckpt = Path(cfg.ckpt_path).absolute()
+    return ckpt.parent.parent / "lm_eval" if ckpt.parent.name == "checkpoints" else Path("lm_eval").absolute()
 
 
 def _score(model: torch.nn.Module, data_dir: str, seq_len: int, cfg: EvaluateConfig,

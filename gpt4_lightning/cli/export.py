@@ -27,10 +27,11 @@ def export(dict_cfg: DictConfig) -> Path:
         raise ValueError(f"out={out}: name the file model.safetensors (config.json goes beside it) or pass a directory")
     check_writable_dir(out_dir, "out")
     from ..checkpoint.load import iter_weights
+    from ..data.tokenizer import run_tokenizer
     from ..hf.export import export_hf
 
     config, meta, tensors = iter_weights(cfg.ckpt_path)
-    tokenizer_json, eos_token = _tokenizer(cfg, meta)
+    tokenizer_json, eos_token = run_tokenizer(meta, cfg.tokenizer_path, cfg.eos_token)
     try:
         export_hf(out_dir, config, tensors, tokenizer_json, eos_token, cfg.dtype, cfg.max_shard_mb * 2**20)
     except OSError as e:
@@ -39,28 +40,6 @@ def export(dict_cfg: DictConfig) -> Path:
     print(f"exported step {meta.get('global_step')} ({cfg.dtype}) with its tokenizer to {out_dir}: load it with "
           f"AutoModelForCausalLM.from_pretrained({str(out_dir)!r}, trust_remote_code=True)")
     return out_dir
-
-
-def _tokenizer(cfg: ExportConfig, meta: dict) -> tuple[str, str]:
-    """tokenizer.json text and the EOS token: `tokenizer_path`, else the checkpoint's prepared data's."""
-    from tokenizers import Tokenizer
-
-    from ..data.shards import Manifest
-
-    if cfg.tokenizer_path:
-        path = Path(cfg.tokenizer_path)
-        if not path.is_file():
-            raise ValueError(f"tokenizer_path={path} does not exist; point it at the tokenizer.json the model was "
-                             "trained with")
-        return path.read_text(), cfg.eos_token
-    sources = meta.get("data_sources") or []
-    data_dir = meta.get("data_dir") or (sources[0]["dir"] if sources else None)
-    if data_dir is None or not Path(data_dir, "manifest.json").is_file():
-        raise ValueError(f"the checkpoint's data directory ({data_dir}) is not here to take the tokenizer from; pass "
-                         "tokenizer_path=<the tokenizer.json the model was trained with>")
-    manifest = Manifest.load(data_dir, check_sizes=False)
-    text = Path(data_dir, manifest.tokenizer_file).read_text()
-    return text, Tokenizer.from_str(text).id_to_token(manifest.eos_id)
 
 
 def main() -> None:

@@ -73,7 +73,7 @@ class GenerateConfig:
 
 @dataclass
 class EvaluateConfig:
-    """`python -m gpt4_lightning.evaluate`: loss and perplexity of a checkpoint on a split."""
+    """`python -m gpt4_lightning.evaluate`: loss and perplexity of a checkpoint on a split, and lm-eval tasks."""
 
     ckpt_path: str = "???"
     data_dir: str | None = None  # null: the data the checkpoint was trained on
@@ -83,8 +83,15 @@ class EvaluateConfig:
     batch_size: int = 8
     max_batches: int | None = None  # null: the whole split
     device: str = "auto"
+    tasks: str | None = None  # lm-eval tasks, comma-separated (gpt4l_next_line is built in); null: loss only
+    limit: int | None = None  # lm-eval: at most this many items per task
+    tasks_dir: str | None = None  # more task YAMLs (local data); null: <cache>/lm_eval_tasks
+    results_dir: str | None = None  # lm-eval's results JSON; null: <run>/lm_eval of the checkpoint's run
+    tokenizer_path: str | None = None  # null: the tokenizer of the checkpoint's prepared data (or the export's)
 
     def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit} must be an integer >= 1, or null for every item")
         if self.split not in ("train", "val"):
             raise ValueError(f"split={self.split} is not a split of a prepared data directory; use split=val or "
                              "split=train")

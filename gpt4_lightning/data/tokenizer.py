@@ -14,6 +14,7 @@ silent fallback to some other id. BPE adds the EOS to its special tokens if the 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -137,3 +138,27 @@ def tokenizer_and_eos(data_dir: str | None, tokenizer_path: str | None) -> tuple
         raise ValueError(f"tokenizer_path={tokenizer_path} is not a tokenizer.json HF tokenizers can read ({e}); "
                          "point it at the tokenizer.json of the model's prepared data") from e
     return tokenizer, tokenizer.token_to_id("<|endoftext|>")
+
+
+def run_tokenizer(meta: dict[str, Any], tokenizer_path: str | None, eos_token: str) -> tuple[str, str | None]:
+    """tokenizer.json text and EOS token of a trained model: `tokenizer_path` (with `eos_token`), else the
+    tokenizer of the prepared data its checkpoint names (`format.describe`: data_dir, or a mixture's first
+    source), else an export's own (`meta["export"]`)."""
+    if tokenizer_path:
+        path = Path(tokenizer_path)
+        if not path.is_file():
+            raise ValueError(f"tokenizer_path={path} does not exist; point it at the tokenizer.json the model was "
+                             "trained with")
+        return path.read_text(), eos_token
+    if meta.get("export"):
+        export = Path(meta["export"])
+        config = json.loads((export / "tokenizer_config.json").read_text())
+        return (export / "tokenizer.json").read_text(), config.get("eos_token")
+    sources = meta.get("data_sources") or []
+    data_dir = meta.get("data_dir") or (sources[0]["dir"] if sources else None)
+    if data_dir is None or not Path(data_dir, "manifest.json").is_file():
+        raise ValueError(f"the checkpoint's data directory ({data_dir}) is not here to take the tokenizer from; pass "
+                         "tokenizer_path=<the tokenizer.json the model was trained with>")
+    manifest = Manifest.load(data_dir, check_sizes=False)
+    text = Path(data_dir, manifest.tokenizer_file).read_text()
+    return text, Tokenizer.from_str(text).id_to_token(manifest.eos_id)

@@ -8,13 +8,15 @@
     generation_config.json          EOS (and pad) for `generate`
     tokenizer.json, tokenizer_config.json, special_tokens_map.json
 
-Tensors are written shard by shard as they arrive (an iterator of `(name, tensor)`), each cast to the export
-dtype on the way: the export holds one shard in that dtype, never a second copy of the model.
+Tensors are written as they arrive (an iterator of `(name, tensor)` in `state_dict` order), each cast to the
+export dtype on the way and dropped once written: the files' headers come from the model's shapes alone, so the
+export holds one tensor at a time, never the model.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -57,42 +59,77 @@ def hf_config(config: GPT4Config, dtype: torch.dtype, eos_id: int | None, pad_id
     }
 
 
-def _shards(tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype, max_bytes: int
-            ) -> Iterator[dict[str, torch.Tensor]]:
-    shard: dict[str, torch.Tensor] = {}
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64",
+                      torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"}
+
+
+def plan_shards(entries: list[tuple[str, tuple[int, ...], torch.dtype]], max_bytes: int
+                ) -> list[list[tuple[str, tuple[int, ...], torch.dtype]]]:
+    """Consecutive runs of `(name, shape, dtype)` of at most `max_bytes` each (a larger tensor alone)."""
+    shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
     size = 0
-    for name, tensor in tensors:
-        tensor = tensor.detach().to(device="cpu", dtype=dtype if tensor.is_floating_point() else tensor.dtype)
-        nbytes = tensor.numel() * tensor.element_size()
-        if shard and size + nbytes > max_bytes:
-            yield shard
-            shard, size = {}, 0
-        shard[name] = tensor.contiguous()
+    for name, shape, dtype in entries:
+        nbytes = math.prod(shape) * dtype.itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape, dtype))
         size += nbytes
-    if shard:
-        yield shard
+    return shards if shards[0] else []
 
 
-def write_weights(out: Path, tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
+def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]],
+                       tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
+    """One safetensors file (8-byte header size, JSON header, the raw little-endian data) written as the tensors
+    arrive: the header is known from the shapes alone, so no tensor is kept after it is written."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, tensor_dtype in entries:
+        nbytes = math.prod(shape) * tensor_dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor_dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for name, shape, tensor_dtype in entries:
+            got, tensor = next(tensors)
+            if got != name or tuple(tensor.shape) != shape:
+                raise ValueError(f"export: expected tensor {name} {shape}, got {got} {tuple(tensor.shape)}")
+            tensor = tensor.detach().to(device="cpu", dtype=tensor_dtype).contiguous()
+            f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+            del tensor
+        f.flush()
+        os.fsync(f.fileno())
+    return offset
+
+
+def write_weights(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype,
                   max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
     """`model.safetensors`, or numbered shards + the index transformers reads when there is more than one;
-    returns the file names. Each shard is written under a temporary name and renamed."""
-    from safetensors.torch import save_file
+    returns the file names. `tensors` must come in the model's `state_dict` order (shapes from `config`);
+    floating tensors are cast to `dtype` one at a time. Each file is written under a temporary name and
+    renamed."""
+    from ..model import GPT4
 
-    written: list[tuple[str, list[str], int]] = []
-    for k, shard in enumerate(_shards(tensors, dtype, max_shard_bytes)):
-        tmp = out / f".shard-{k:05d}.safetensors.tmp"
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        written.append((tmp.name, list(shard), sum(t.numel() * t.element_size() for t in shard.values())))
-        del shard
-    count = len(written)
+    with torch.device("meta"):
+        expected = GPT4.from_config(config).state_dict()
+    entries = [(k, tuple(v.shape), dtype if v.is_floating_point() else v.dtype) for k, v in expected.items()]
+    shards = plan_shards(entries, max_shard_bytes)
+    count = len(shards)
     names = [SINGLE] if count == 1 else [f"model-{k + 1:05d}-of-{count:05d}.safetensors" for k in range(count)]
-    for (tmp, _, _), name in zip(written, names, strict=True):
-        os.replace(out / tmp, out / name)
+    stream = iter(tensors)
+    total = 0
+    for shard, name in zip(shards, names, strict=True):
+        tmp = out / f".{name}.tmp"
+        total += _write_safetensors(tmp, shard, stream)
+        os.replace(tmp, out / name)
     (out / INDEX).unlink(missing_ok=True)
     if count > 1:
-        index = {"metadata": {"total_size": sum(n for _, _, n in written)},
-                 "weight_map": {key: name for (_, keys, _), name in zip(written, names, strict=True) for key in keys}}
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {key: name for shard, name in zip(shards, names, strict=True) for key, _, _ in shard}}
         _write_text(out / INDEX, json.dumps(index, indent=2))
     return names
 
@@ -128,7 +165,7 @@ def export_hf(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, torch.
     for name, text in code_files().items():
         _write_text(out / name, text)
     stale = [p for p in out.glob("model*.safetensors")]
-    names = write_weights(out, tensors, DTYPES[dtype], max_shard_bytes)
+    names = write_weights(out, config, tensors, DTYPES[dtype], max_shard_bytes)
     for path in stale:
         if path.name not in names:
             path.unlink()
