@@ -28,8 +28,11 @@ def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy, t
     run(workdir, "train", *args(workdir, f"one_{strategy}", "data.batch_size=8"))
     # DDP starts with an empty cache: rank 0 prepares the data once, rank 1 waits for it and reads the same
     cache = tmp_path / "cold" if strategy == "ddp" else None
+    # FSDP with the in-training lm-eval on (rank 0 scores the gathered weights at steps 5 and 10): the losses
+    # below still equal the 1-process run's without it
+    downstream = ["eval_tasks=gpt4l_next_line", "eval_every_n_steps=5", "eval_limit=4"] if strategy == "fsdp" else []
     proc = run(workdir, "train", *args(workdir, f"two_{strategy}", f"trainer={strategy}", "trainer.accelerator=cpu",
-                                       "trainer.devices=2", "data.batch_size=4"), cache=cache)
+                                       "trainer.devices=2", "data.batch_size=4", *downstream), cache=cache)
     if cache is not None:
         rank0, rank1 = (workdir / "outputs" / "two_ddp" / name for name in ("train.log", "train_ddp_process_1.log"))
         assert f"prepared {cache}" in rank0.read_text(), proc.stdout[-3000:]
@@ -41,6 +44,9 @@ def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy, t
     for step in one:
         assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
     assert two[max(two)] < two[min(two)]
+    if strategy == "fsdp":
+        evals = step_metric(workdir / "outputs" / "two_fsdp", "eval/gpt4l_next_line/acc")
+        assert len(evals) == 2 and all(0 <= v <= 1 for v in evals.values()), evals
     # perf/tokens_seen counts the global batch, 8 windows of 64 targets per step, on both: the 2-process run
     # counts both ranks' 4 x 64 (one rank alone would count half); tokens/s is the world's, 2 x the device's
     for run_name in (f"one_{strategy}", f"two_{strategy}"):

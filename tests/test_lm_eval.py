@@ -24,7 +24,7 @@ LIMIT = 24
 def test_lm_eval_cli_on_the_export_equals_evaluate_tasks_on_the_checkpoint(workdir, tiny_checkpoint, tmp_path):
     tasks_dir, export = tmp_path / "tasks", tmp_path / "export"
     ours = run(workdir, "evaluate", f"ckpt_path={tiny_checkpoint}", f"tasks={TASK}", f"tasks_dir={tasks_dir}",
-               f"limit={LIMIT}", f"results_dir={tmp_path / 'ours'}", "max_batches=2")
+               f"limit={LIMIT}", f"results_dir={tmp_path / 'ours'}", "max_batches=1")
     assert f"{TASK}: acc " in ours.stdout and "val loss" in ours.stdout, ours.stdout
     (ours_json,) = (tmp_path / "ours").glob("results_step8.json")
     our_metrics = json.loads(ours_json.read_text())["results"][TASK]
@@ -60,3 +60,25 @@ def test_lm_eval_cli_on_the_export_equals_evaluate_tasks_on_the_checkpoint(workd
             logprobs = model(torch.tensor([ids[:-1]]))[0].log_softmax(-1)
         ll = logprobs[-len(continuation) :].gather(-1, torch.tensor(continuation)[:, None]).sum().item()
         assert float(resp[0][0]) == pytest.approx(ll, abs=1e-3), (choice, resp, ll)
+
+
+def test_running_tasks_leaves_the_random_generators_as_they_were(tmp_path):
+    """lm-eval seeds random, numpy and torch; `run_tasks` (and so the in-training callback) restores them."""
+    import random
+
+    import numpy as np
+
+    from gpt4_lightning import GPT4
+    from gpt4_lightning.data.config import TokenizerConfig
+    from gpt4_lightning.data.tokenizer import train_bpe
+    from gpt4_lightning.evals.harness import run_tasks
+
+    tokenizer = train_bpe(["def f(x):\n    return x + 1\n" * 30], TokenizerConfig(vocab_size=300))
+    model = GPT4(num_tokens=300, max_seq_len=128, dim=32, depth=1, dim_head=8, heads=4, alibi_num_heads=2).eval()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state()
+    results = run_tasks(model, tokenizer.to_str(), "<|endoftext|>", [TASK], limit=4, tasks_dir=tmp_path)
+    assert 0 <= results["results"][TASK]["acc,none"] <= 1
+    assert random.getstate() == states[0]
+    assert np.array_equal(np.random.get_state()[1], states[1])
+    assert torch.equal(torch.random.get_rng_state(), states[2])

@@ -157,16 +157,21 @@ def check_resumable(path: str | Path, config: GPT4Config, sharded_ok: bool) -> N
                          "checkpoint's model settings, or start fresh without ckpt_path")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT4, dict[str, Any]]:
-    """The GPT4 saved in a `GPT4LitModule` checkpoint, in eval mode, and `format.describe` of the checkpoint."""
-    checkpoint = read_checkpoint(path)
-    config = checkpoint_config(path, checkpoint)
+def _checked(path: str | Path, mmap: bool) -> tuple[dict[str, Any], GPT4]:
+    """The checkpoint (`mmap`: tensors mapped, not read) and its GPT4 built on meta, the shapes checked."""
+    checkpoint = read_checkpoint(path, mmap=mmap)
     with torch.device("meta"):
-        model = GPT4.from_config(config)
+        model = GPT4.from_config(checkpoint_config(path, checkpoint))
     mismatch = shape_mismatch(checkpoint_shapes(path, checkpoint), model_shapes(model))
     if mismatch:
         raise ValueError(f"ckpt_path={path} does not fit its own model config: {mismatch}; the file is damaged or "
                          "was edited: use another checkpoint")
+    return checkpoint, model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT4, dict[str, Any]]:
+    """The GPT4 saved in a `GPT4LitModule` checkpoint, in eval mode, and `format.describe` of the checkpoint."""
+    checkpoint, model = _checked(path, mmap=False)
     if Path(path).is_dir():
         state = _read_sharded_weights(Path(path), model)
     else:
@@ -180,14 +185,7 @@ def iter_weights(path: str | Path) -> tuple[GPT4Config, dict[str, Any], Iterator
     """The model config, `format.describe` of the checkpoint, and its weights one tensor at a time (the model's
     own names), without ever holding the whole model: a `.ckpt` is memory-mapped, a sharded directory is read
     one tensor per `dcp.load` (DCP reshards on load, any number of ranks)."""
-    checkpoint = read_checkpoint(path, mmap=True)
-    config = checkpoint_config(path, checkpoint)
-    with torch.device("meta"):
-        model = GPT4.from_config(config)
-    mismatch = shape_mismatch(checkpoint_shapes(path, checkpoint), model_shapes(model))
-    if mismatch:
-        raise ValueError(f"ckpt_path={path} does not fit its own model config: {mismatch}; the file is damaged or "
-                         "was edited: use another checkpoint")
+    checkpoint, model = _checked(path, mmap=True)
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
 
     def tensors() -> Iterator[tuple[str, torch.Tensor]]:
@@ -198,7 +196,7 @@ def iter_weights(path: str | Path) -> tuple[GPT4Config, dict[str, Any], Iterator
         for name, (shape, dtype) in expected.items():
             yield name, _read_sharded_weights(Path(path), {name: torch.empty(shape, dtype=dtype)})[name]
 
-    return config, describe(checkpoint), tensors()
+    return model.config, describe(checkpoint), tensors()
 
 
 def _read_sharded_weights(path: Path, model: GPT4 | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,9 +32,17 @@ class TrainConfig(PrepareConfig):
     keep_last_checkpoints: int | None = None
     nonfinite: str = "skip"  # skip | stop
     nonfinite_max_consecutive: int = 10
+    eval_tasks: str | None = None  # lm-eval tasks during training, comma-separated (training.downstream)
+    eval_every_n_steps: int = 0  # 0: off
+    eval_limit: int | None = 100  # items per task at each in-training eval
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.eval_every_n_steps < 0:
+            raise ValueError(f"eval_every_n_steps={self.eval_every_n_steps} must be >= 0 (0: off)")
+        if self.eval_every_n_steps and not self.eval_tasks:
+            raise ValueError("eval_every_n_steps is set but eval_tasks is not: add eval_tasks=gpt4l_next_line (or "
+                             "another lm-eval task with local data)")
         if self.checkpoint_every_n_steps <= 0:
             raise ValueError(f"checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be an integer > 0")
         if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:

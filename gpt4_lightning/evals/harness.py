@@ -57,12 +57,15 @@ def tokenizer_for(tokenizer_json: str, eos_token: str | None, max_length: int) -
 def rng_kept():
     """lm-eval seeds `random`, numpy and torch; the caller's generators continue as if it had not run."""
     states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         yield
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.random.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def run_tasks(model: GPT4, tokenizer_json: str, eos_token: str | None, tasks: list[str], *,
