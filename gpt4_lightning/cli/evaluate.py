@@ -74,23 +74,21 @@ def _tasks(model: torch.nn.Module, meta: dict, cfg: EvaluateConfig, device: torc
     """lm-eval on the model in this process; results JSON in `results_dir` (default: the checkpoint's run
     directory's `lm_eval/`)."""
     from ..data.tokenizer import run_tokenizer
-    from ..evals.harness import run_tasks
+    from ..evals.harness import run_tasks, scores, task_names
 
     tokenizer_json, eos_token = run_tokenizer(meta, cfg.tokenizer_path, "<|endoftext|>")
-    tasks = [t.strip() for t in cfg.tasks.split(",") if t.strip()]
-    results = run_tasks(model, tokenizer_json, eos_token, tasks, limit=cfg.limit, batch_size=cfg.batch_size,
-                        tasks_dir=Path(cfg.tasks_dir) if cfg.tasks_dir else None, device=str(device))
+    results = run_tasks(model, tokenizer_json, eos_token, task_names(cfg.tasks), limit=cfg.limit,
+                        batch_size=cfg.batch_size, tasks_dir=Path(cfg.tasks_dir) if cfg.tasks_dir else None,
+                        device=str(device))
     out = _results_dir(cfg) / f"results_step{meta.get('global_step', 'export')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    scores: dict[str, float] = {}
-    for task, metrics in results["results"].items():
-        values = {k.split(",")[0]: v for k, v in metrics.items()  # "acc,none": a metric under a filter
-                  if "," in k and isinstance(v, int | float) and "stderr" not in k}
-        print(f"{task}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
-        scores |= {f"{task}/{k}": float(v) for k, v in values.items()}
+    found = scores(results)
+    for task in results["results"]:
+        print(f"{task}: " + "  ".join(f"{key.split('/', 1)[1]} {value:.4f}" for key, value in found.items()
+                                      if key.split("/", 1)[0] == task))
     print(f"lm-eval results: {out}")
-    return scores
+    return found
 
 
 def _results_dir(cfg: EvaluateConfig) -> Path:

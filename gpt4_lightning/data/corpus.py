@@ -180,7 +180,7 @@ class Corpus:
             self.hub_config = data_cfg.hub_config
             self.hub_split = data_cfg.hub_split or "train"
         self.hub_part: tuple[int, int] | None = None  # (index, count): `IterableDataset.shard`, contiguous
-        self._sizes: np.ndarray | None = None  # of `files`, stat'ed once for all parts
+        self._stats: list[os.stat_result] | None = None  # of `files`: one stat each, for describe() and part()
 
     def part(self, index: int, count: int) -> Corpus:
         """Part `index` of `count` (for `prepare num_parts=count part=index`): a contiguous range of the files,
@@ -195,15 +195,13 @@ class Corpus:
         if count > len(self.files):
             raise DataError(f"num_parts={count} is more than the {len(self.files)} input files of "
                             f"{self.inputs()}; use num_parts <= {len(self.files)} (a part is at least one file)")
-        if self._sizes is None:
-            self._sizes = np.array([p.stat().st_size for p in self.files], dtype=np.float64)
-        sizes = self._sizes
+        sizes = np.array([st.st_size for st in self._file_stats()], dtype=np.float64)
         middles = np.cumsum(sizes) - sizes / 2  # a file goes to the part its middle byte falls in
         bounds = np.searchsorted(middles, sizes.sum() * np.arange(count + 1) / count, side="left")
         bounds[0], bounds[-1] = 0, len(self.files)
         for k in range(1, count):  # strictly increasing, room left for the parts after k
             bounds[k] = min(max(bounds[k], bounds[k - 1] + 1), len(self.files) - (count - k))
-        part.files, part._sizes = self.files[bounds[index] : bounds[index + 1]], None
+        part.files, part._stats = self.files[bounds[index] : bounds[index + 1]], None
         return part
 
     def spread(self) -> Corpus:
@@ -212,7 +210,7 @@ class Corpus:
         dataset keeps its order."""
         spread = copy.copy(self)
         spread.stats, spread._warned = CorpusStats(), set()
-        spread._sizes = None
+        spread._stats = None
         spread.files = sorted(self.files, key=lambda p: hashlib.blake2b(str(p).encode(), digest_size=8).digest())
         return spread
 
@@ -226,11 +224,16 @@ class Corpus:
             desc: dict[str, Any] = {"source": "files", "path": self.path_spec, "files": len(self.files),
                                     "text_field": self.text_field}
             if detailed:
-                stats = [(p, p.stat()) for p in self.files]
-                desc["stat"] = [[str(p), st.st_size, st.st_mtime_ns] for p, st in stats]
+                desc["stat"] = [[str(p), st.st_size, st.st_mtime_ns] for p, st in zip(self.files, self._file_stats(),
+                                                                                        strict=True)]
             return desc
         return {"source": "hf_hub", "name": self.name, "hub_config": self.hub_config, "split": self.hub_split,
                 "text_field": self.text_field}
+
+    def _file_stats(self) -> list[os.stat_result]:
+        if self._stats is None:
+            self._stats = [p.stat() for p in self.files]
+        return self._stats
 
     def inputs(self) -> str:
         """The inputs in words, for error messages."""

@@ -47,10 +47,24 @@ def tokenizer_for(tokenizer_json: str, eos_token: str | None, max_length: int) -
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    from ..hf.export import special_tokens
+
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    pad = "<|pad|>" if tokenizer.token_to_id("<|pad|>") is not None else eos_token
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos_token, pad_token=pad,
-                                  model_max_length=max_length, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special_tokens(tokenizer, eos_token),
+                                   model_max_length=max_length, clean_up_tokenization_spaces=False)
+
+
+def task_names(tasks: str | None) -> list[str]:
+    """`"a, b"` (a config value) -> `["a", "b"]`."""
+    return [t.strip() for t in (tasks or "").split(",") if t.strip()]
+
+
+def scores(results: dict[str, Any]) -> dict[str, float]:
+    """`<task>/<metric>` -> value from lm-eval's results (`"acc,none"`: a metric under a filter; stderrs
+    dropped)."""
+    return {f"{task}/{key.split(',')[0]}": float(value) for task, metrics in results["results"].items()
+            for key, value in metrics.items()
+            if "," in key and "stderr" not in key and isinstance(value, int | float)}
 
 
 @contextmanager
@@ -85,14 +99,13 @@ def run_tasks(model: GPT4, tokenizer_json: str, eos_token: str | None, tasks: li
     if unknown:
         raise ValueError(f"tasks={','.join(unknown)}: not an lm-eval task here (neither in its registry nor under "
                          f"{tasks_dir}); {TASK} is built in; put a task YAML with local data files in that folder")
-    from tokenizers import Tokenizer
+    from ..hf.export import model_max_length
 
-    eos_id = Tokenizer.from_str(tokenizer_json).token_to_id(eos_token) if eos_token else None
-    max_length = 1_000_000 if model.config.can_extrapolate else model.config.max_seq_len
-    tokenizer = tokenizer_for(tokenizer_json, eos_token, max_length)
-    hf = as_transformers(model, eos_id, tokenizer.pad_token_id)
+    tokenizer = tokenizer_for(tokenizer_json, eos_token, model_max_length(model.config))
+    hf = as_transformers(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    # lm-eval's window: the trained length (longer contexts are cut from the left, as for any HF model)
     lm = HFLM(pretrained=hf, tokenizer=tokenizer, batch_size=batch_size, device=device,
-              max_length=min(max_length, model.config.max_seq_len))
+              max_length=model.config.max_seq_len)
     with rng_kept():
         results = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False)
     return json.loads(json.dumps(results, default=str))  # plain JSON (lm-eval keeps numpy scalars, dtypes)

@@ -134,18 +134,28 @@ def write_weights(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, to
     return names
 
 
-def write_tokenizer(out: Path, tokenizer_json: str, eos_token: str | None, model_max_length: int) -> None:
-    """tokenizer.json as prepared, and the two small files AutoTokenizer reads beside it."""
-    from tokenizers import Tokenizer
+PAD_TOKEN = "<|pad|>"
 
-    vocab = Tokenizer.from_str(tokenizer_json).get_vocab(with_added_tokens=True)
-    pad = "<|pad|>" if "<|pad|>" in vocab else eos_token
-    specials = {"eos_token": eos_token, "pad_token": pad}
+
+def special_tokens(tokenizer: Any, eos_token: str | None) -> dict[str, str | None]:
+    """EOS (None if the vocabulary lacks it) and pad (the BPE's `<|pad|>`, else EOS) of a `tokenizers.Tokenizer`:
+    what the export's tokenizer files and `evals.harness` hand transformers."""
+    eos = eos_token if eos_token is not None and tokenizer.token_to_id(eos_token) is not None else None
+    return {"eos_token": eos, "pad_token": PAD_TOKEN if tokenizer.token_to_id(PAD_TOKEN) is not None else eos}
+
+
+def model_max_length(config: GPT4Config) -> int:
+    """The tokenizer's `model_max_length`: unbounded (1e6) when the positions extrapolate, else max_seq_len."""
+    return 1_000_000 if config.can_extrapolate else config.max_seq_len
+
+
+def write_tokenizer(out: Path, tokenizer_json: str, specials: dict[str, str | None], max_length: int) -> None:
+    """tokenizer.json as prepared, and the two small files AutoTokenizer reads beside it."""
     _write_text(out / "tokenizer.json", tokenizer_json)
     _write_text(out / "special_tokens_map.json", json.dumps(specials, indent=2))
     _write_text(out / "tokenizer_config.json", json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", **specials, "bos_token": None, "unk_token": None,
-         "model_max_length": model_max_length, "clean_up_tokenization_spaces": False, "add_bos_token": False,
+         "model_max_length": max_length, "clean_up_tokenization_spaces": False, "add_bos_token": False,
          "add_eos_token": False}, indent=2))
 
 
@@ -159,9 +169,8 @@ def export_hf(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, torch.
         raise ValueError(f"dtype={dtype} is not one of {', '.join(DTYPES)}")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    eos_id = tokenizer.token_to_id(eos_token)
-    pad_id = tokenizer.token_to_id("<|pad|>")
-    pad_id = eos_id if pad_id is None else pad_id
+    specials = special_tokens(tokenizer, eos_token)
+    eos_id, pad_id = (tokenizer.token_to_id(specials[k]) if specials[k] else None for k in ("eos_token", "pad_token"))
     for name, text in code_files().items():
         _write_text(out / name, text)
     stale = [p for p in out.glob("model*.safetensors")]
@@ -169,8 +178,7 @@ def export_hf(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, torch.
     for path in stale:
         if path.name not in names:
             path.unlink()
-    max_length = 1_000_000 if config.can_extrapolate else config.max_seq_len
-    write_tokenizer(out, tokenizer_json, eos_token if eos_id is not None else None, max_length)
+    write_tokenizer(out, tokenizer_json, specials, model_max_length(config))
     _write_text(out / "generation_config.json", json.dumps(
         {"eos_token_id": eos_id, "pad_token_id": pad_id, "bos_token_id": None}, indent=2))
     _write_text(out / "config.json", json.dumps(hf_config(config, DTYPES[dtype], eos_id, pad_id), indent=2))

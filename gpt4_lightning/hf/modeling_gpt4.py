@@ -4,7 +4,6 @@ framework names them and `GPT4.from_pretrained` reads the same files."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -43,8 +42,7 @@ class GPT4ForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: GPT4LightningConfig) -> None:
         super().__init__(config)
-        names = [f.name for f in dataclasses.fields(GPT4Config)]
-        self.net = Transformer(GPT4Config.from_kwargs(**{n: getattr(config, n) for n in names if hasattr(config, n)}))
+        self.net = Transformer(GPT4Config.from_transformers(config.to_dict()))
         self.post_init()
 
     def _init_weights(self, module: torch.nn.Module) -> None:

@@ -111,6 +111,13 @@ class GPT4Config:
             raise ValueError(f"unknown GPT4 argument(s) {unknown}; allowed: {sorted(known)}")
         return cls(**kwargs)
 
+    @classmethod
+    def from_transformers(cls, values: dict[str, Any]) -> GPT4Config:
+        """The GPT4 arguments among the keys of a transformers `config.json` (the export's: the rest are
+        transformers' own, vocab_size, auto_map, ...)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

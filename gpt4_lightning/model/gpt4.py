@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -118,10 +117,8 @@ class GPT4(AutoregressiveWrapper):
             raise ValueError(f"{path}: expected {WEIGHTS} (or its shards and index) and {CONFIG} (from "
                              "gpt4_lightning.export) there")
         saved = json.loads(config_file.read_text())
-        if "model_type" in saved:  # a transformers config: the GPT4 arguments are some of its keys
-            names = {f.name for f in dataclasses.fields(GPT4Config)}
-            saved = {k: v for k, v in saved.items() if k in names}
-        config = GPT4Config.from_kwargs(**saved)
+        # a transformers config (the export's) holds the GPT4 arguments among its own keys
+        config = GPT4Config.from_transformers(saved) if "model_type" in saved else GPT4Config.from_kwargs(**saved)
         with torch.device("meta"):
             model = cls.from_config(config)
         state: dict[str, Tensor] = {}

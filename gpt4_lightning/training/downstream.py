@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 class DownstreamEval(L.Callback):
     def __init__(self, tasks: str | None = None, every_n_steps: int = 0, limit: int | None = 100,
                  batch_size: int = 8, tasks_dir: str | None = None) -> None:
-        self.tasks = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+        from ..evals.harness import task_names
+
+        self.tasks = task_names(tasks)
         self.every_n_steps, self.limit, self.batch_size, self.tasks_dir = every_n_steps, limit, batch_size, tasks_dir
         self.steps = OptimizerSteps()
 
@@ -72,7 +74,7 @@ class DownstreamEval(L.Callback):
 
     def _score(self, model: torch.nn.Module, pl_module: L.LightningModule) -> dict[str, float]:
         from ..data.tokenizer import run_tokenizer
-        from ..evals.harness import run_tasks
+        from ..evals.harness import run_tasks, scores
 
         meta = {"data_dir": pl_module.data_dir, "data_sources": pl_module.data_sources}
         tokenizer_json, eos_token = run_tokenizer(meta, None, "<|endoftext|>")
@@ -85,6 +87,4 @@ class DownstreamEval(L.Callback):
                                     device=str(next(model.parameters()).device))
         finally:
             model.train(was_training)
-        return {f"{task}/{key.split(',')[0]}": float(value) for task, metrics in results["results"].items()
-                for key, value in metrics.items()
-                if "," in key and "stderr" not in key and isinstance(value, int | float)}
+        return scores(results)
