@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import logged_losses, run, step_losses, train_args
+from conftest import logged_losses, run, step_losses, step_metric, train_args
 
 from gpt4_lightning.checkpoint.load import read_checkpoint
 
@@ -77,8 +77,12 @@ def assert_same_from(resumed: dict[int, float], reference: dict[int, float], fir
     assert not mismatched, mismatched[:5]  # exact equality: bitwise-identical losses
 
 
+# fsdp runs with the in-training lm-eval on (rank 0 scores the gathered weights every 40 steps): the stream and
+# the resume must not notice it
+DOWNSTREAM = ["eval_tasks=gpt4l_next_line", "eval_every_n_steps=40", "eval_limit=4"]
+EVAL_METRIC = "eval/gpt4l_next_line/acc"
 STRATEGIES = {"one": [], "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                  "data.batch_size=4"]}
+                                  "data.batch_size=4", *DOWNSTREAM]}
 
 
 @pytest.mark.slow
@@ -102,6 +106,10 @@ def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy, request):
     resumed = run(workdir, "train", *on_mix(args(workdir, f"killed_{strategy}", *extra, "ckpt_path=last")))
     assert f"steps: {STEPS}" in resumed.stdout
     assert_same_from(step_losses(run_dir), reference, first)
+    if strategy == "fsdp":  # the evals ran, before and after the kill, and scored the same weights the same
+        evals, resumed_evals = (step_metric(d, EVAL_METRIC) for d in (workdir / "outputs" / "whole_fsdp", run_dir))
+        assert len(evals) == STEPS // 40, evals
+        assert {s: v for s, v in resumed_evals.items() if s >= first} == {s: v for s, v in evals.items() if s >= first}
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ YAML) for `lm_eval --include_path <directory> --tasks gpt4l_next_line`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -63,10 +64,16 @@ def build_items(modules: list[str], items: int = ITEMS, seed: int = 0) -> list[d
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def task_data() -> str:
+    """The task's jsonl, built once per process (it walks the standard library: seconds)."""
+    return "".join(json.dumps(item) + "\n" for item in build_items(held_out_modules()))
+
+
 def write_task(directory: Path) -> Path:
     """The task's YAML and data in `directory` (made again only if what it would write differs)."""
     directory.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(item) + "\n" for item in build_items(held_out_modules()))
+    data = task_data()
     path = directory / "next_line.jsonl"
     yaml = "\n".join([
         f"task: {TASK}",
