@@ -112,3 +112,14 @@ def test_bad_overrides_fail_at_compose(override, error, message):
         assert isinstance(raised.value.__cause__, ConfigAttributeError)
     elif override == "model.heads=abc":
         assert isinstance(raised.value.__cause__, ValidationError)
+
+
+def test_precision_names_are_lightnings():
+    """check_trainer writes Lightning's precision names out (importing them loads all of Lightning)."""
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    from gpt4_lightning.training.devices import LIGHTNING_PRECISIONS
+
+    assert set(LIGHTNING_PRECISIONS) == {*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)}

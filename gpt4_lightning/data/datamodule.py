@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .mixture import Mixture, Source, load_sources
+from .mixture import Mixture, Source
+from .opened import OpenedData, open_data
 from .permutation import Permutation
-from .shards import MANIFEST, REPREPARE, DataError, Manifest
+from .shards import MANIFEST, DataError, Manifest
 from .windows import Windows
 
 log = logging.getLogger(__name__)
@@ -258,49 +259,16 @@ class GPT4DataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ setup and checks
     def setup(self, stage: str | None = None) -> None:
-        """Load and check the manifest (once): shard sizes (sha256 with `verify`), vocab, window counts."""
-        if self.manifest is not None:
-            return
-        if self.sources:
-            return self._setup_mixture()
-        manifest = Manifest.load(self.data_dir, verify=self.verify, check_sizes=self.check_sizes)
-        path = self.data_dir / MANIFEST
-        if self.max_token_id is not None and manifest.vocab_size > self.max_token_id:
-            raise DataError(f"vocab of {path} is {manifest.vocab_size} but the model has num_tokens="
-                            f"{self.max_token_id}; set model.num_tokens >= {manifest.vocab_size}, or re-run prepare "
-                            f"with a tokenizer of at most {self.max_token_id} tokens (overwrite=true)")
-        train = Windows(self.data_dir, manifest, "train", self.seq_len)
-        if train.total_tokens == 0:
-            raise DataError(f"split 'train' of {path} has no tokens (empty corpus); point data at a non-empty "
-                            "corpus and " + REPREPARE)
-        self._check_windows(train, path)
-        val = Windows(self.data_dir, manifest, "val", self.seq_len)
-        if val.total_tokens:
-            self._check_windows(val, path)
-        else:
-            log.warning("split 'val' of %s is empty: no validation (prepare with data.val_fraction > 0)", path)
-        self.manifest, self.train_windows, self.val_windows = manifest, train, (val if val.total_tokens else None)
-        log.info("data %s: vocab %d, train %d tokens -> %d windows of %d, val %d windows", self.data_dir,
-                 manifest.vocab_size, train.total_tokens, train.num_windows, self.seq_len + 1,
-                 val.num_windows if val.total_tokens else 0)
+        """Open and check the data once (`opened.open_data`: manifest, shard sizes, sha256 with `verify`, vocab,
+        window counts), unless it was given opened."""
+        if self.manifest is None:
+            self.use(open_data(self.data_dir, self.seq_len, seed=self.seed, sources=self.sources,
+                               verify=self.verify, max_token_id=self.max_token_id, check_sizes=self.check_sizes))
 
-    def _setup_mixture(self) -> None:
-        manifests, train, val = load_sources(self.sources, self.seq_len, self.max_token_id, self.verify,
-                                             self.check_sizes)
-        self.mixture = Mixture([s.name for s in self.sources], [s.weight for s in self.sources],
-                               [t.num_windows for t in train], self.seed)
-        self.val_sources = [(s.name, float(w), v) for s, w, v in zip(self.sources, self.mixture.weights, val,
-                                                                      strict=True) if v is not None]
-        self.manifest, self.train_windows = manifests[0], Windows.concat(train)
-        log.info("data mixture: %s", ", ".join(f"{s.name} {w:.3f} ({t.num_windows} windows, {s.dir})" for s, w, t in
-                                               zip(self.sources, self.mixture.weights, train, strict=True)))
-
-    def _check_windows(self, windows: Windows, path: Path) -> None:
-        if windows.num_windows == 0:
-            raise DataError(f"seq_len={self.seq_len} needs {self.seq_len + 1} tokens in one shard but split "
-                            f"'{windows.split}' of {path} has {windows.max_shard_tokens} in its largest shard "
-                            f"({windows.total_tokens} in all); lower data.seq_len, or re-run prepare with more "
-                            "text or a larger data.shard_tokens (overwrite=true)")
+    def use(self, opened: OpenedData) -> None:
+        """Stream from `opened` (opened and checked by `open_data` with this module's data and seq_len)."""
+        self.manifest, self.train_windows, self.val_windows = opened.manifest, opened.train, opened.val
+        self.mixture, self.val_sources = opened.mixture, opened.val_sources
 
     def _world(self) -> tuple[int, int]:
         """(data-parallel size, rank) from the attached trainer, else (1, 0). The strategy's sampler

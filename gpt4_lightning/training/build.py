@@ -7,6 +7,7 @@ fails in a second with one line and changes nothing on disk.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 
 from ..config import TrainConfig, to_typed
 from ..data.mixture import Source
+from ..data.opened import OpenedData, open_data
 from ..data.prepare import planned_dir, prepare, prepared_dir
 from ..data.shards import MANIFEST
 from .devices import check_trainer, is_global_rank_zero, uses_fsdp
@@ -35,14 +37,15 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
         from ..checkpoint.load import check_resumable
 
         check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
-    # Lightning (~4 s to import) only now: a command the checks above reject fails in about a second
+    data = open_run_data(run)  # prepared (rank 0) and checked: still without Lightning
+    # Lightning (~5 s to import) only now: a command the checks above reject fails in about a second
     import lightning as L
     from hydra.utils import instantiate
 
     from .module import GPT4LitModule
 
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_data(run)
+    datamodule = data_module(run, data)
     parallel = run.parallel.for_precision(str(run.trainer.precision))
     module = GPT4LitModule(model=run.model, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.scheduler),
                            data_dir=str(datamodule.data_dir), parallel=parallel, init_seed=run.seed,
@@ -52,32 +55,53 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
     return module, datamodule, trainer
 
 
-def build_data(run: TrainConfig) -> GPT4DataModule:
-    """The DataModule over the run's prepared data. Global rank 0 prepares it (or checks a prepared `data.dir`,
-    sha256 of every shard only with `data.verify=true`) and runs the data checks now, before a trainer or model
-    exists. The other ranks do no data work here: they read the manifest where rank 0 writes it, early when it
-    is already there (the usual case: prepared once, trained many times), else in `setup` after Lightning's
-    barrier, which rank 0 reaches only once it has prepared."""
-    from ..data.datamodule import GPT4DataModule
+@dataclass(frozen=True)
+class RunData:
+    """Where a run's data is and, where this rank checked it, the data opened (`data.opened.OpenedData`)."""
 
+    data_dir: Path | None
+    sources: list[Source]
+    opened: OpenedData | None
+    verify: bool
+    check_sizes: bool
+
+
+def open_run_data(run: TrainConfig) -> RunData:
+    """The run's data, prepared and checked. Global rank 0 prepares it (or checks a prepared `data.dir`, sha256
+    of every shard only with `data.verify=true`) and opens it (manifest, vocab, windows), before a trainer or
+    model exists. The other ranks do no data work here: they open the manifest where rank 0 writes it, now when
+    it is already there (the usual case: prepared once, trained many times), else in `setup` after Lightning's
+    barrier, which rank 0 reaches only once it has prepared. A mixture of prepared directories has nothing to
+    prepare: every rank opens the manifests."""
     rank_zero = is_global_rank_zero()
-    if run.data.sources:  # a mixture of prepared directories: nothing to prepare; every rank reads the manifests
+    seq_len, seed, max_token_id = run.data.seq_len, run.data.seed, run.model.num_tokens
+    if run.data.sources:
         sources = [Source(s.name, Path(s.dir).expanduser().absolute(), s.weight) for s in run.data.sources]
-        datamodule = GPT4DataModule(None, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
-                                    num_workers=run.data.num_workers, seed=run.data.seed,
-                                    verify=run.data.verify and rank_zero, max_token_id=run.model.num_tokens,
-                                    check_sizes=rank_zero, sources=sources)
-        datamodule.setup()
-        return datamodule
+        verify = run.data.verify and rank_zero
+        return RunData(None, sources, open_data(None, seq_len, seed=seed, sources=sources, verify=verify,
+                                                max_token_id=max_token_id, check_sizes=rank_zero),
+                       verify, rank_zero)
     given = prepared_dir(run)
     data_dir = given or (prepare(run) if rank_zero else planned_dir(run))
     check = rank_zero and given is not None  # prepare() has just checked (or written) every shard itself
-    datamodule = GPT4DataModule(data_dir, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
-                                num_workers=run.data.num_workers, seed=run.data.seed,
-                                verify=run.data.verify and check, max_token_id=run.model.num_tokens,
-                                check_sizes=check)
+    verify = run.data.verify and check
+    opened = None
     if rank_zero or (not run.overwrite and (data_dir / MANIFEST).is_file()):
-        datamodule.setup()  # the manifest, vocab and window checks, in a second
+        opened = open_data(data_dir, seq_len, seed=seed, verify=verify, max_token_id=max_token_id,
+                           check_sizes=check)
+    return RunData(data_dir, [], opened, verify, check)
+
+
+def data_module(run: TrainConfig, data: RunData) -> GPT4DataModule:
+    """The DataModule over `data` (opened by `open_run_data`, or opened in its `setup`)."""
+    from ..data.datamodule import GPT4DataModule
+
+    datamodule = GPT4DataModule(data.data_dir, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
+                                num_workers=run.data.num_workers, seed=run.data.seed, verify=data.verify,
+                                max_token_id=run.model.num_tokens, check_sizes=data.check_sizes,
+                                sources=data.sources)
+    if data.opened is not None:
+        datamodule.use(data.opened)
     return datamodule
 
 

@@ -76,6 +76,12 @@ def uses_fsdp(trainer: DictConfig) -> bool:
     return isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("ModelParallelStrategy")
 
 
+# Lightning's `_PRECISION_INPUT_STR` and its aliases, written out: importing them loads all of Lightning (~5 s),
+# which a rejected command should not wait for (tests/test_devices.py keeps the two equal)
+LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+                        "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
+
+
 def check_trainer(trainer: DictConfig) -> None:
     """What Lightning would reject deep inside `fit` (or accept and regret, like 64 CPU processes on a laptop),
     checked before any work and named by key: devices against this machine, precision, and FSDP's mesh."""
@@ -105,16 +111,10 @@ def check_trainer(trainer: DictConfig) -> None:
                              f"<= {cpus}")
 
     precision = trainer.get("precision")
-    if precision is not None:
-        from typing import get_args
-
-        from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-
-        allowed = [*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)]
-        if str(precision) not in allowed:
-            raise ValueError(f"trainer.precision={precision!r} is not a Lightning precision; pick a preset with "
-                             "precision=fp32|bf16_mixed|bf16_true, or set trainer.precision to one of "
-                             f"{', '.join(allowed)}")
+    if precision is not None and str(precision) not in LIGHTNING_PRECISIONS:
+        raise ValueError(f"trainer.precision={precision!r} is not a Lightning precision; pick a preset with "
+                         "precision=fp32|bf16_mixed|bf16_true, or set trainer.precision to one of "
+                         f"{', '.join(LIGHTNING_PRECISIONS)}")
 
     if uses_fsdp(trainer):
         strategy = trainer.strategy
