@@ -124,6 +124,27 @@ def test_cuda_plan_has_no_dense_alibi_bias():
     assert cpu.activations_outside_blocks - cuda.activations_outside_blocks == bias
 
 
+DEEP = GPT4Config(**{**TINY, "num_tokens": 1024, "max_seq_len": 512, "depth": 10})  # 10 = 4k + 2 with ac_every=2
+# wider blocks: FSDP2's buffers, not the logits, shape the backward peak (nonlinear below 3 blocks)
+WIDE = GPT4Config(num_tokens=4096, max_seq_len=256, dim=256, depth=8, dim_head=32, heads=8, alibi_num_heads=4)
+
+
+@pytest.mark.parametrize("cfg,step", [
+    (DEEP, dict(strategy="single", micro_batch=2, seq_len=64)),
+    (DEEP, dict(strategy="single", micro_batch=2, seq_len=256, precision="bf16_mixed", activation_checkpointing=True)),
+    (DEEP, dict(strategy="ddp", world_size=2, micro_batch=2, seq_len=64, precision="bf16_true")),
+    (DEEP, dict(strategy="fsdp", world_size=3, micro_batch=1, seq_len=128, activation_checkpointing=True,
+                ac_every=2)),
+    (DEEP, dict(strategy="fsdp", world_size=2, micro_batch=2, seq_len=64, precision="bf16_mixed", param_dtype="bf16",
+                reduce_dtype="fp32", reshard_after_forward=False, device="cuda")),
+    (WIDE, dict(strategy="fsdp", world_size=2, micro_batch=2, seq_len=256, activation_checkpointing=True)),
+    (WIDE, dict(strategy="fsdp", world_size=2, micro_batch=2, seq_len=256)),
+], ids=["single", "single-ac-bf16", "ddp-bf16-true", "fsdp-ac-every-2", "fsdp-cuda-mixed", "wide-fsdp-ac", "wide-fsdp"])
+def test_the_depth_extrapolated_plan_equals_the_simulation_of_every_block(cfg, step):
+    """plan_memory simulates depths 3k and 4k and extrapolates (blocks are identical): every field as exact."""
+    assert plan_memory(cfg, **step) == plan_memory(cfg, exact=True, **step)
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="strategy"):
         plan_memory(SMALL, strategy="zero3", micro_batch=1, seq_len=8)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..model import GPT4, GPT4Config
 from ..model.kernels import SDPA
 from ..training.config import ParallelConfig
-from ..training.parallelize import parallelize
+from ..training.parallelize import apply_activation_checkpointing
 
 # precision name (ours and Lightning's) -> (parameter dtype, autocast dtype or None)
 PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
@@ -136,7 +136,9 @@ def simulate(cfg: GPT4Config, micro_batch: int, seq_len: int, precision: str = "
         with _default_dtype(dtype):  # as Lightning's bf16-true builds the model (`.to` cannot swap fake params)
             model = GPT4.from_config(cfg)
         model.checks_token_values = False  # fake tensors have shapes, not values
-        parallelize(model, ParallelConfig(activation_checkpointing=activation_checkpointing, ac_every=ac_every))
+        if activation_checkpointing:  # as parallelize applies it (compile and FSDP2 are not simulated)
+            ParallelConfig(activation_checkpointing, ac_every)  # its checks
+            apply_activation_checkpointing(model.blocks, ac_every)
         if not dense_bias:
             model.set_attention_kernel(FLEX_STAND_IN)
         tensors = [*model.parameters(), *model.buffers()]
