@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
@@ -26,6 +27,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from ..data.shards import check_writable_dir
 from ..training.devices import is_global_rank_zero
 from .run_dir import RunDirGuard
+from .run_lock import RunLock, requeue_wait_s
 
 T = TypeVar("T")
 USER_ERRORS = (ValueError, OSError, OmegaConfBaseException, InstantiationException)
@@ -195,15 +197,18 @@ def _check_booleans(cfg: DictConfig, overrides: list[str]) -> None:
                                          f"{key}=true or {key}=false")
 
 
-def launch(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
+def launch(config_name: str, fn: Callable[[DictConfig], Any], lock_run_dir: bool = False) -> None:
     """The body of every `python -m gpt4_lightning.<entry>`: register the config schema and resolvers,
     pre-check the overrides and that the run directory can be made, then run `fn` on the composed config
-    as a Hydra app (`conf/<config_name>.yaml`, which names the job), turning user errors into one line."""
+    as a Hydra app (`conf/<config_name>.yaml`, which names the job), turning user errors into one line.
+    `lock_run_dir` (train): one run per run directory (`run_lock`), taken before Hydra writes there; a sweep's
+    jobs (whose directories Hydra picks per job) take theirs as each starts."""
     from ..config import register_configs
 
     register_configs()
     cfg = check_overrides(config_name, sys.argv)
     guard = None
+    lock = None
     if cfg is not None:
         try:
             check_writable_dir(str(cfg.hydra.run.dir), "hydra.run.dir",
@@ -213,9 +218,23 @@ def launch(config_name: str, fn: Callable[[DictConfig], Any]) -> None:
             sys.exit(1)
         if cfg.hydra.output_subdir is not None and is_global_rank_zero():  # Hydra writes into the run directory
             guard = RunDirGuard(cfg)
+        if lock_run_dir and is_global_rank_zero():
+            lock = run_cli(RunLock.take, Path(str(cfg.hydra.run.dir)).absolute(), requeue_wait_s(),
+                           on_error=guard.undo if guard is not None else None)
 
     @hydra.main(config_path="pkg://gpt4_lightning.conf", config_name=config_name, version_base=None)
     def main(cfg: DictConfig) -> None:
-        run_cli(fn, cfg, on_error=guard.undo if guard is not None else None)
+        undo = guard.undo if guard is not None else None
+        job_lock = None
+        if lock_run_dir and lock is None and is_global_rank_zero():  # a sweep's job: its own directory
+            from hydra.core.hydra_config import HydraConfig
+
+            job_lock = run_cli(RunLock.take, Path(HydraConfig.get().runtime.output_dir).absolute(),
+                               requeue_wait_s(), on_error=undo)
+        try:
+            run_cli(fn, cfg, on_error=undo)
+        finally:
+            if job_lock is not None:
+                job_lock.release()
 
     main()

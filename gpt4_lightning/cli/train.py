@@ -113,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    launch("train", train)
+    launch("train", train, lock_run_dir=True)
 
 
 if __name__ == "__main__":

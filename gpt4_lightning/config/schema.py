@@ -35,6 +35,8 @@ class TrainConfig(PrepareConfig):
     eval_tasks: str | None = None  # lm-eval tasks during training, comma-separated (training.downstream)
     eval_every_n_steps: int = 0  # 0: off
     eval_limit: int | None = 100  # items per task at each in-training eval
+    preflight: str = "error"  # error | warn | off: the memory plan against this machine (training.preflight)
+    preflight_memory_gib: float | None = None  # memory per rank to plan for; null: what this machine has
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +49,10 @@ class TrainConfig(PrepareConfig):
             raise ValueError(f"checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be an integer > 0")
         if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
             raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1 or null (keep all)")
+        if self.preflight not in ("error", "warn", "off"):
+            raise ValueError(f"preflight={self.preflight!r} must be error, warn or off")
+        if self.preflight_memory_gib is not None and not self.preflight_memory_gib > 0:
+            raise ValueError(f"preflight_memory_gib={self.preflight_memory_gib} must be a number > 0 or null")
         if self.nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite={self.nonfinite!r} must be 'skip' or 'stop'")
         if self.nonfinite_max_consecutive < 0:

@@ -119,8 +119,8 @@ def plan_memory(cfg: GPT4Config, *, exact: bool = False, **step: Any) -> MemoryP
 
     The decoder blocks are identical (with `ac_every=k`: identical runs of k), so every quantity of the plan is
     linear in the depth (from 3k blocks on): unless `exact`, the step is simulated at depths 3k and 4k and each
-    phase's peak and its parts extrapolated to the model's depth (a deep model's plan in about a second instead of seconds per
-    block; equal to the exact plan, tests/test_memory_plan.py). `exact=True` simulates every block."""
+    phase's peak and its parts extrapolated to the model's depth (a deep model's plan in about a second; equal
+    to the exact plan, tests/test_memory_plan.py). `exact=True` simulates every block."""
     k = step.get("ac_every", 1) if step.get("activation_checkpointing") else 1
     if exact or k < 1 or cfg.depth <= 4 * k or cfg.depth % k:
         return _plan_simulated(cfg, **step)

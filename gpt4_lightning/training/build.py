@@ -37,6 +37,9 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
         from ..checkpoint.load import check_resumable
 
         check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
+    from .preflight import check_memory
+
+    check_memory(run, cfg.trainer, run.preflight, run.preflight_memory_gib)  # before any data or model work
     data = open_run_data(run)  # prepared (rank 0) and checked: still without Lightning
     # Lightning (~5 s to import) only now: a command the checks above reject fails in about a second
     import lightning as L
