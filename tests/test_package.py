@@ -80,3 +80,17 @@ def test_save_and_from_pretrained_round_trip_without_pickle(tmp_path):
         assert torch.equal(loaded(tokens), model.eval()(tokens))
     with pytest.raises(ValueError, match=r"config\.json"):
         GPT4.from_pretrained(tmp_path / "nowhere")
+
+
+def test_every_subpackage_is_installed():
+    """pyproject lists the packages a wheel carries: a folder missing there imports in an editable install and
+    fails in a wheel."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for top in ("gpt4_lightning", "hydra_plugins")
+             for p in (root / top).rglob("__init__.py")} | {"gpt4_lightning.conf"}
+    assert listed == found

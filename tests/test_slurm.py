@@ -190,3 +190,18 @@ def test_prepare_job_array_then_dependent_merge_job_equals_one_part_prepare(slur
     whole = prepare(compose_config("prepare", [*data, f"data.dir={tmp_path / 'whole'}"]))
     for split in ("train", "val"):
         assert documents(tmp_path / "parted", split) == documents(whole, split), split
+
+
+def test_a_bad_sweep_point_submits_no_slurm_job(slurm, workdir):
+    """The sweep is checked whole in the submitting process: one bad point, no job reaches Slurm."""
+    def job_ids() -> set[str]:
+        return set(re.findall(r"JobId=(\d+)", slurm.scontrol("show", "jobs", check=False).stdout))
+
+    sweep = workdir / "multirun" / "slurm_bad_point"
+    before = job_ids()
+    proc = subprocess.run(sweep_command(slurm, sweep, workdir, 10, "optim.lr=1e-3,-1"), cwd=workdir,
+                          env={**slurm.env, **job_env(workdir)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: #1 (") and "optim.lr=-1" in lines[0], proc.stderr
+    assert not sweep.exists() and job_ids() == before

@@ -203,9 +203,15 @@ def launch(config_name: str, fn: Callable[[DictConfig], Any], lock_run_dir: bool
     as a Hydra app (`conf/<config_name>.yaml`, which names the job), turning user errors into one line.
     `lock_run_dir` (train): one run per run directory (`run_lock`), taken before Hydra writes there; a sweep's
     jobs (whose directories Hydra picks per job) take theirs as each starts."""
+    from hydra.core.plugins import Plugins
+
     from ..config import register_configs
 
     register_configs()
+    plugins = Plugins.instance()  # scans (and re-executes) Hydra's plugin modules: before importing one of them
+    from hydra_plugins.gpt4_lightning_sweeper.checked_sweeper import CheckedSweeper
+
+    plugins.register(CheckedSweeper)  # the scan misses an editable install's hydra_plugins
     cfg = check_overrides(config_name, sys.argv)
     guard = None
     lock = None

@@ -27,19 +27,30 @@ if TYPE_CHECKING:
     from .module import GPT4LitModule
 
 
-def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
-    """The module, data and trainer `cfg` describes (data prepared on the way, if needed), checked against
-    the checkpoint `ckpt_path` (resolved by `checkpoint.paths.resolve_ckpt_path`) it will resume from.
-    Seeds everything (`cfg.seed`, DataLoader workers too) once the checks pass."""
+def check_run(cfg: DictConfig, ckpt_path: str | None, here: bool = True) -> TrainConfig:
+    """The checks of a run that need no work (no data prepared, no model built, no Lightning): every group's
+    ranges, the trainer (against this machine's devices when `here`), the checkpoint it resumes against the
+    model, and the memory preflight (against this machine when `here`, else only against
+    `preflight_memory_gib`). A sweep runs them on every point before the first job starts (cli/sweeper.py),
+    `here=False` for jobs another machine runs."""
     run: TrainConfig = to_typed(cfg)  # the range checks of every group
-    check_trainer(cfg.trainer)
+    check_trainer(cfg.trainer, here=here)
     if ckpt_path is not None:
         from ..checkpoint.load import check_resumable
 
         check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
     from .preflight import check_memory
 
-    check_memory(run, cfg.trainer, run.preflight, run.preflight_memory_gib)  # before any data or model work
+    if here or run.preflight_memory_gib is not None:
+        check_memory(run, cfg.trainer, run.preflight, run.preflight_memory_gib)
+    return run
+
+
+def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
+    """The module, data and trainer `cfg` describes (data prepared on the way, if needed), checked against
+    the checkpoint `ckpt_path` (resolved by `checkpoint.paths.resolve_ckpt_path`) it will resume from.
+    Seeds everything (`cfg.seed`, DataLoader workers too) once the checks pass."""
+    run = check_run(cfg, ckpt_path)
     data = open_run_data(run)  # prepared (rank 0) and checked: still without Lightning
     # Lightning (~5 s to import) only now: a command the checks above reject fails in about a second
     import lightning as L

@@ -82,16 +82,17 @@ LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-
                         "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
 
 
-def check_trainer(trainer: DictConfig) -> None:
+def check_trainer(trainer: DictConfig, here: bool = True) -> None:
     """What Lightning would reject deep inside `fit` (or accept and regret, like 64 CPU processes on a laptop),
-    checked before any work and named by key: devices against this machine, precision, and FSDP's mesh."""
+    checked before any work and named by key: devices against this machine (when the run is `here`, not a job
+    for another machine), precision, and FSDP's mesh."""
     import torch  # lazily: a bad override is reported before torch loads (~2 s)
 
     accelerator = str(trainer.get("accelerator", "auto"))
     found = _device_count(trainer.get("devices", "auto"))
     if found is not None and found[0] < 1:
         raise ValueError(f"trainer.devices={trainer.devices} must be >= 1 (or auto)")
-    kind = accelerator
+    kind = accelerator if here else "elsewhere"
     if kind == "auto":
         kind = "gpu" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if kind in ("gpu", "cuda"):

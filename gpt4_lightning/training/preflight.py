@@ -87,6 +87,11 @@ def run_shape(run, trainer: DictConfig, gpus: int) -> RunShape:
                     device="cuda" if cuda else "cpu")
 
 
+def gib(nbytes: float) -> str:
+    """`49.7` GiB, `0.24` below one."""
+    return f"{nbytes / GIB:.1f}" if nbytes >= GIB else f"{nbytes / GIB:.2g}"
+
+
 def _needed(plan: MemoryPlan, shape: RunShape) -> int:
     return plan.peak + OVERHEAD[shape.device]
 
@@ -96,7 +101,7 @@ def describe(plan: MemoryPlan) -> str:
     parts = {"params": plan.params, "grads": plan.grads, "AdamW state": plan.optimizer,
              "FSDP/DDP buffers": plan.comm_buffers, "activations": plan.activations, "temporaries": plan.transient}
     big = sorted(((v, k) for k, v in parts.items() if v >= 0.05 * plan.peak), reverse=True)
-    return (f"{plan.peak / GIB:.1f} GiB ({', '.join(f'{k} {v / GIB:.1f}' for v, k in big)}; peak in "
+    return (f"{gib(plan.peak)} GiB ({', '.join(f'{k} {gib(v)}' for v, k in big)}; peak in "
             f"{plan.peak_phase})")
 
 
@@ -110,7 +115,7 @@ def suggest(shape: RunShape, per_rank_limit: int, gpus_per_node: int) -> list[st
         return needed if needed <= per_rank_limit else None
 
     def shown(overrides: list[str], needed: int) -> str:
-        return f"{' '.join(overrides)} ({needed / GIB:.1f} GiB)"
+        return f"{' '.join(overrides)} ({gib(needed)} GiB)"
 
     changes = []
     if not shape.parallel.activation_checkpointing:
@@ -174,7 +179,7 @@ def check_memory(run, trainer: DictConfig, mode: str, limit_gib: float | None = 
         return
     ranks = f"{shape.devices} {shape.device} rank(s) per node" if shape.devices > 1 else f"1 {shape.device} rank"
     what = (f"preflight: this run's memory plan is {describe(plan)} per rank + {OVERHEAD[shape.device] / GIB:.0f} "
-            f"GiB for the process, but {available.source} leaves {available.per_rank / GIB:.1f} GiB per rank "
+            f"GiB for the process, but {available.source} leaves {gib(available.per_rank)} GiB per rank "
             f"({ranks})")
     if needed <= available.per_rank:
         log.warning("%s: close to the limit", what)
