@@ -123,3 +123,17 @@ def test_precision_names_are_lightnings():
     from gpt4_lightning.training.devices import LIGHTNING_PRECISIONS
 
     assert set(LIGHTNING_PRECISIONS) == {*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)}
+
+
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_the_collective_timeout_reaches_the_strategy(trainer):
+    """collective_timeout_s (default per backend: gloo here) is the strategy's process-group timeout."""
+    from datetime import timedelta
+
+    from gpt4_lightning.config import compose_config
+    from gpt4_lightning.training.build import COLLECTIVE_TIMEOUT_S, timed_strategy
+
+    cfg = compose_config("train", [f"trainer={trainer}", "trainer.accelerator=cpu"])
+    assert timed_strategy(cfg.trainer, None)["strategy"]._timeout == timedelta(seconds=COLLECTIVE_TIMEOUT_S["gloo"])
+    assert timed_strategy(cfg.trainer, 42)["strategy"]._timeout == timedelta(seconds=42)
+    assert timed_strategy(compose_config("train", []).trainer, 42) == {}  # one device: no collectives

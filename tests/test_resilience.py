@@ -3,6 +3,7 @@ checkpoint: exact resume after SIGKILL (1 process and 2-process FSDP2), graceful
 atomic checkpoints, the non-finite guard. Real CLI runs in subprocesses, compared step by step."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,7 +38,9 @@ def wait_until(ready, proc: subprocess.Popen, what: str, timeout: float = 300) -
     """Poll `ready()` until it holds, while `proc` runs; fail if it exits first or `timeout` s pass."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None, f"exited {proc.returncode} before {what}: {proc.stderr.read()[-3000:]}"
+        if proc.poll() is not None:
+            tail = proc.stderr.read()[-3000:] if proc.stderr else ""
+            raise AssertionError(f"exited {proc.returncode} before {what}: {tail}")
         assert time.monotonic() < deadline, f"no {what} after {timeout} s"
         time.sleep(0.01)
 
@@ -260,3 +263,109 @@ def test_nonfinite_stop_through_the_cli_is_one_error_line(workdir):
     last = workdir / "outputs" / "diverge" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values())  # the weights from before the bad step
+
+
+# --- faults outside the run: a rank lost, the disk full -----------------------------------------------
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Lightning's launcher starts ranks > 0 as children of rank 0)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_a_lost_rank_ends_the_run_in_one_line_naming_it_and_the_resume_works(workdir):
+    fsdp = [a for a in STRATEGIES["fsdp"] if a not in DOWNSTREAM]
+    run_dir = workdir / "outputs" / "rank_lost"
+    proc = start(workdir, *args(workdir, "rank_lost", *fsdp, FLUSH))
+    wait_past_checkpoint(run_dir, proc)
+    (rank1,) = child_pids(proc.pid)
+    os.kill(rank1, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    (line,) = error_lines(err)
+    assert "rank 1 of 2 died (killed by SIGKILL) during step" in line, line
+    last = os.path.realpath(run_dir / "checkpoints" / "last.ckpt")
+    assert f"the last complete checkpoint is {last}" in line and "Traceback" not in err
+    resume = shlex.split(line.split("resume: ", 1)[1])
+    assert resume[:3] == ["python", "-m", "gpt4_lightning.train"]
+    resumed = run(workdir, "train", *resume[3:])
+    assert f"steps: {STEPS}" in resumed.stdout
+
+
+FULL_DISK = """
+import errno, os, runpy, sys
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+save = TorchCheckpointIO.save_checkpoint
+
+def full_disk(self, checkpoint, path, storage_options=None):
+    if ".tmp-step000040" in str(path):  # part of the file, then the disk is full
+        with open(path, "wb") as f:
+            f.write(b"PK partial checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return save(self, checkpoint, path, storage_options)
+
+TorchCheckpointIO.save_checkpoint = full_disk
+sys.argv[0] = "train"
+runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_lost_checkpoint_keeps_the_last_and_resumes(workdir, tmp_path):
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK)
+    run_dir = workdir / "outputs" / "disk_full"
+    proc = start(workdir, *args(workdir, "disk_full"), script=[str(script)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    (line,) = error_lines(err)
+    ckpts = run_dir / "checkpoints"
+    assert "step 40's checkpoint was not written: no space left on the device" in line, line
+    assert f"the last complete checkpoint is {(ckpts / 'step000020.ckpt').resolve()} (" in line
+    assert "keep_last_checkpoints" in line and "resume: python -m gpt4_lightning.train" in line
+    assert not (ckpts / ".tmp-step000040.ckpt").exists()  # the partial one removed at once
+    assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt") and "Traceback" not in err
+    resumed = run(workdir, "train", *args(workdir, "disk_full", "ckpt_path=last"))
+    assert f"steps: {STEPS}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_run_after_collective_timeout_s(workdir, tmp_path):
+    """Rank 1 stopped (SIGSTOP: alive, silent): rank 0's next collective gives up after collective_timeout_s and
+    the run ends with one line, instead of waiting Lightning's 30 minutes."""
+    fsdp = [a for a in STRATEGIES["fsdp"] if a not in DOWNSTREAM]
+    run_dir = workdir / "outputs" / "rank_hung"
+    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(workdir / "cache")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    # output to files: the stopped rank holds the pipes' write ends open, so a pipe would never reach EOF
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "gpt4_lightning.train",
+                                 *args(workdir, "rank_hung", *fsdp, FLUSH, "collective_timeout_s=30")],
+                                cwd=workdir, env=env, stdout=out, stderr=err_file, start_new_session=True)
+        try:
+            wait_past_checkpoint(run_dir, proc)
+            (rank1,) = child_pids(proc.pid)
+            os.kill(rank1, signal.SIGSTOP)
+            proc.wait(timeout=300)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the stopped rank
+    err = (tmp_path / "err").read_text()
+    assert proc.returncode == 1, err[-3000:]
+    (line,) = error_lines(err)
+    assert "a peer rank was lost during step" in line and "resume: python -m gpt4_lightning.train" in line, line
+    assert "Timed out" in line and "Traceback" not in err

@@ -9,6 +9,8 @@ any moment therefore leaves `last.ckpt` pointing at a complete checkpoint; a hal
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -36,6 +38,19 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class CheckpointSpaceError(OSError):
+    """A checkpoint could not be written for lack of disk space (or quota): what was lost and what to do."""
+
+
+def _size(path: Path) -> int:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(f.stat().st_size for f in files)
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
 def _remove(path: Path) -> None:
@@ -88,9 +103,17 @@ class AtomicCheckpoint(L.Callback):
             _remove(tmp)
         trainer.strategy.barrier("AtomicCheckpoint.before_save")
         self.last_saved_step = step  # part of the state being written
-        trainer.save_checkpoint(tmp)  # all ranks write (sharded) or rank 0 (plain), then a barrier
+        try:
+            trainer.save_checkpoint(tmp)  # all ranks write (sharded) or rank 0 (plain), then a barrier
+            if trainer.is_global_zero:
+                _fsync_tree(tmp)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            with contextlib.suppress(OSError):
+                _remove(tmp)  # the partial checkpoint, at once: it holds the space the next save needs
+            raise CheckpointSpaceError(e.errno, self._space_message(step, trainer, e)) from e
         if trainer.is_global_zero:
-            _fsync_tree(tmp)
             if final.exists() or final.is_symlink():  # the same step saved again (e.g. resumed at the end)
                 trash = self.dirpath / f"{TEMPORARY_PREFIX}old-{final.name}"
                 os.replace(final, trash)
@@ -107,6 +130,21 @@ class AtomicCheckpoint(L.Callback):
             log.info("checkpoint saved: %s", final)
         trainer.strategy.barrier("AtomicCheckpoint.after_save")
         return final
+
+    def _space_message(self, step: int, trainer: L.Trainer, e: OSError) -> str:
+        """Which checkpoint was lost, the last complete one, what one takes, and the ways out."""
+        last = self.last_path.resolve() if self.last_path.exists() else None
+        if last is not None:
+            size = _size(last)
+            kept = f"the last complete checkpoint is {last} ({_mib(size)})"
+        else:  # the first save: weights and AdamW's two states
+            size = 3 * sum(p.numel() * p.element_size() for p in trainer.lightning_module.parameters())
+            kept = f"no checkpoint of this run was complete yet (one takes about {_mib(size)})"
+        free = shutil.disk_usage(self.dirpath).free
+        reason = "disk quota exceeded" if e.errno == errno.EDQUOT else "no space left on the device"
+        return (f"step {step}'s checkpoint was not written: {reason} of {self.dirpath} ({_mib(free)} free, the "
+                f"partial one removed); {kept}; free space, keep fewer checkpoints (keep_last_checkpoints=2), or "
+                "write the run elsewhere (hydra.run.dir on a larger disk)")
 
     def _rotate(self, keep: Path) -> None:
         if self.keep_last_k is None:

@@ -29,6 +29,47 @@ class NonFiniteLossError(ValueError):
     reported as one `error:` line like other bad input."""
 
 
+class RunInterruptedError(ValueError):
+    """The run stopped on a fault outside it (a rank lost, the disk full): one `error:` line saying what was
+    lost and how to resume (the traceback with HYDRA_FULL_ERROR=1)."""
+
+
+# what gloo and NCCL say on the surviving ranks when a peer dies or hangs
+PEER_LOSS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+             "Watchdog caught collective operation timeout", "Socket Timeout", "Timed out", "timed out")
+
+
+def is_peer_loss(e: BaseException) -> bool:
+    import torch.distributed as dist
+
+    return isinstance(e, getattr(dist, "DistBackendError", ())) or any(p in str(e) for p in PEER_LOSS)
+
+
+def lost_peer(trainer: Any, e: BaseException) -> str:
+    """`rank 1 of 2 died (killed by SIGKILL)` where this process started the rank (Lightning's launcher),
+    else what the backend said."""
+    import signal
+
+    procs = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+    per_node = len(procs) + 1
+    for local_rank, proc in enumerate(procs, start=1):
+        code = proc.poll()
+        if code not in (None, 0):
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            rank = trainer.node_rank * per_node + local_rank
+            return f"rank {rank} of {trainer.world_size} died ({how}) during step {trainer.global_step + 1}"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return (f"a peer rank was lost during step {trainer.global_step + 1} ({first[:200]}); its own log says "
+            "why (on Slurm: the job's other tasks' output)")
+
+
+def last_checkpoint(run_dir: Path) -> str:
+    last = checkpoint_dir(run_dir) / LAST
+    if not last.exists():
+        return "no checkpoint was written before it"
+    return f"the last complete checkpoint is {last.resolve()}"
+
+
 def command(entry: str, args: list[str]) -> str:
     return " ".join(["python -m", f"gpt4_lightning.{entry}", *(shlex.quote(a) for a in args)])
 
@@ -69,19 +110,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module, datamodule, trainer = build(cfg, ckpt_path)  # imports Lightning only once its checks pass
     import torch  # these load Lightning: after the checks, so a rejected command fails in about a second
 
+    from ..checkpoint.atomic import CheckpointSpaceError
     from ..training.module import perplexity
     from ..training.nonfinite import NonFiniteGuard
     from ..training.stop import GracefulStop
 
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()  # the next job of a sweep in this process starts its own
-
     overrides = [o for o in HydraConfig.get().overrides.task
                  if not o.startswith(("ckpt_path=", "run_name=", "hydra.run.dir="))]
     resume = command("train", [*overrides, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except CheckpointSpaceError as e:
+        raise RunInterruptedError(f"{e}; then resume: {resume}") from e
+    except RuntimeError as e:  # torch.distributed's DistBackendError is one
+        if trainer.world_size < 2 or not is_peer_loss(e):
+            raise
+        raise RunInterruptedError(f"{lost_peer(trainer, e)}; {last_checkpoint(run_dir)}; resume: {resume}") from e
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # the next job of a sweep in this process starts its own
     stopper, guard = callback(trainer, GracefulStop), callback(trainer, NonFiniteGuard)
     if guard is not None and guard.reason is not None:
         raise NonFiniteLossError(

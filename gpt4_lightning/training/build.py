@@ -65,8 +65,38 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
                            data_dir=str(datamodule.data_dir), parallel=parallel, init_seed=run.seed,
                            data_sources=[{"name": s.name, "dir": str(s.dir), "weight": s.weight}
                                          for s in datamodule.sources] or None)
-    trainer = instantiate(cfg.trainer)
+    trainer = instantiate(cfg.trainer, **timed_strategy(cfg.trainer, run.collective_timeout_s))
     return module, datamodule, trainer
+
+
+# a collective waits this long for a hung peer before the run ends (Lightning's default: 30 minutes)
+COLLECTIVE_TIMEOUT_S = {"nccl": 600, "gloo": 900}
+TIMED_STRATEGIES = ("DDPStrategy", "ModelParallelStrategy", "FSDPStrategy")
+
+
+def timed_strategy(trainer: DictConfig, timeout_s: int | None) -> dict[str, Any]:
+    """`{"strategy": <the trainer's DDP/FSDP strategy with its collective timeout>}` (`collective_timeout_s`, or
+    per backend: 10 min for NCCL, 15 for gloo), or {} for a single-device trainer."""
+    from datetime import timedelta
+
+    from hydra.utils import instantiate
+
+    strategy = trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else ""
+    if strategy != "ddp" and not target.endswith(TIMED_STRATEGIES):
+        return {}
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if timeout_s is None:
+        import torch
+
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        timeout_s = COLLECTIVE_TIMEOUT_S["nccl" if gpu else "gloo"]
+    timeout = timedelta(seconds=timeout_s)
+    if strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return {"strategy": DDPStrategy(timeout=timeout)}
+    return {"strategy": instantiate(strategy, timeout=timeout)}
 
 
 @dataclass(frozen=True)
