@@ -27,6 +27,7 @@ RUN python -c "import sys, tomllib; sys.stdout.write('\n'.join(tomllib.load(open
 COPY README.md ./
 COPY conf ./conf
 COPY gpt4_lightning ./gpt4_lightning
+COPY hydra_plugins ./hydra_plugins
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 # Run as a non-root user from an empty working directory (so `gpt4_lightning` is imported from the installed

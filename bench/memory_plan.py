@@ -93,17 +93,30 @@ def plan_main(args: argparse.Namespace) -> dict[str, Any]:
     common = dict(strategy=args.strategy, world_size=args.world_size, precision=args.precision,
                   micro_batch=args.micro_batch, seq_len=args.seq_len, param_dtype=args.param_dtype,
                   reduce_dtype=args.reduce_dtype, device=args.device)
-    plans = {}
-    if not args.ac:
-        plans["no AC"] = plan_memory(cfg, **common)
-    plans[f"AC every {args.ac_every}"] = plan_memory(cfg, activation_checkpointing=True, ac_every=args.ac_every,
-                                                     **common)
+    plans, seconds = {}, {}
+    variants = ([("no AC", {})] if not args.ac else []) + [
+        (f"AC every {args.ac_every}", dict(activation_checkpointing=True, ac_every=args.ac_every))]
+    for name, extra in variants:
+        start = time.perf_counter()
+        plans[name] = plan_memory(cfg, **common, **extra)  # depth-extrapolated (the default)
+        seconds[name] = {"extrapolated": time.perf_counter() - start}
+        if args.compare_exact:  # the baseline: every block simulated; the plans must be equal
+            start = time.perf_counter()
+            exact = plan_memory(cfg, exact=True, **common, **extra)
+            seconds[name].update(exact=time.perf_counter() - start, equal=exact == plans[name])
     n = next(iter(plans.values())).n_params
     print(f"{args.model} ({n:,} parameters), {args.strategy} x {args.world_size}, {args.precision}, "
           f"micro-batch {args.micro_batch} x seq {args.seq_len}, {args.device}"
           + (f", FSDP param_dtype {args.param_dtype}" if args.param_dtype else ""))
     print(plan_table(plans))
-    return dict(model=args.model, overrides=args.override, plans={k: p.to_dict() for k, p in plans.items()})
+    for name, t in seconds.items():
+        line = f"planning ({name}): {t['extrapolated']:.2f} s"
+        if "exact" in t:
+            line += (f"; every block simulated: {t['exact']:.2f} s (x{t['exact'] / t['extrapolated']:.1f}), "
+                     f"plans equal: {t['equal']}")
+        print(line)
+    return dict(model=args.model, overrides=args.override, plans={k: p.to_dict() for k, p in plans.items()},
+                seconds=seconds)
 
 
 def read_peak(run_dir: Path) -> dict[str, float]:
@@ -193,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=8192)
     p.add_argument("--ac", action="store_true", help="only the plan with activation checkpointing")
+    p.add_argument("--compare-exact", action="store_true",
+                   help="also plan with every block simulated (the baseline): time and equality")
     p.add_argument("--ac-every", type=int, default=1, help="checkpoint every k-th block (parallel.ac_every)")
     p.add_argument("--param-dtype", choices=("bf16", "fp32"), help="FSDP2 parallel.param_dtype (default: null)")
     p.add_argument("--reduce-dtype", choices=("bf16", "fp32"), help="FSDP2 parallel.reduce_dtype")

@@ -38,8 +38,15 @@ def test_lm_eval_cli_on_the_export_equals_evaluate_tasks_on_the_checkpoint(workd
     assert cli.returncode == 0, cli.stderr[-4000:]
     (cli_json,) = (tmp_path / "cli").rglob("results_*.json")
     cli_metrics = json.loads(cli_json.read_text())["results"][TASK]
+    # evaluate on the export itself (its tokenizer files, no checkpoint) scores the same
+    exported = run(workdir, "evaluate", f"ckpt_path={export}", f"tasks={TASK}", f"tasks_dir={tasks_dir}",
+                   f"limit={LIMIT}", f"results_dir={tmp_path / 'exported'}")
+    (exported_json,) = (tmp_path / "exported").glob("results_step*.json")
+    exported_metrics = json.loads(exported_json.read_text())["results"][TASK]
     for metric in ("acc,none", "acc_norm,none"):
         assert cli_metrics[metric] == pytest.approx(our_metrics[metric], abs=1e-9), metric
+        assert exported_metrics[metric] == pytest.approx(our_metrics[metric], abs=1e-9), metric
+    assert "val loss" not in exported.stdout  # an export has no data split of its own
 
     # what lm-eval scored is our model: the log-likelihood of each choice after its context
     (samples,) = (tmp_path / "cli").rglob(f"samples_{TASK}_*.jsonl")

@@ -7,6 +7,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -142,26 +143,32 @@ def test_signal_checkpoints_after_the_step_exits_zero_and_resumes_exactly(workdi
     assert_same_from(step_losses(run_dir), reference, stopped)
 
 
-SLOW_SAVE = """
-import runpy, sys, time
+def patched_save(prelude: str, at_step_40: str) -> str:
+    """A `python -m gpt4_lightning.train` stand-in whose save of step 40 writes part of the file, then runs
+    `at_step_40` (a kill while writing, a full disk); `prelude` runs first (it may take arguments off argv)."""
+    return f"""
+import errno, os, runpy, sys, time
 from pathlib import Path
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-marker = Path(sys.argv.pop(1))
+{prelude}
 save = TorchCheckpointIO.save_checkpoint
 
-def slow_save(self, checkpoint, path, storage_options=None):
-    if ".tmp-step000040" in str(path):  # half a file, then the process is killed while 'writing'
+def patched(self, checkpoint, path, storage_options=None):
+    if ".tmp-step000040" in str(path):
         with open(path, "wb") as f:
             f.write(b"PK partial checkpoint")
-        marker.touch()
-        time.sleep(600)
+{textwrap.indent(at_step_40, " " * 8)}
     return save(self, checkpoint, path, storage_options)
 
-TorchCheckpointIO.save_checkpoint = slow_save
+TorchCheckpointIO.save_checkpoint = patched
 sys.argv[0] = "train"
 runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
 """
+
+
+SLOW_SAVE = patched_save("marker = Path(sys.argv.pop(1))", "marker.touch()\ntime.sleep(600)  # killed while 'writing'")
+FULL_DISK = patched_save("", "raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))")
 
 
 @pytest.mark.slow
@@ -304,25 +311,6 @@ def test_a_lost_rank_ends_the_run_in_one_line_naming_it_and_the_resume_works(wor
     assert resume[:3] == ["python", "-m", "gpt4_lightning.train"]
     resumed = run(workdir, "train", *resume[3:])
     assert f"steps: {STEPS}" in resumed.stdout
-
-
-FULL_DISK = """
-import errno, os, runpy, sys
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-
-save = TorchCheckpointIO.save_checkpoint
-
-def full_disk(self, checkpoint, path, storage_options=None):
-    if ".tmp-step000040" in str(path):  # part of the file, then the disk is full
-        with open(path, "wb") as f:
-            f.write(b"PK partial checkpoint")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    return save(self, checkpoint, path, storage_options)
-
-TorchCheckpointIO.save_checkpoint = full_disk
-sys.argv[0] = "train"
-runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
-"""
 
 
 @pytest.mark.slow
