@@ -124,7 +124,7 @@ def test_cuda_plan_has_no_dense_alibi_bias():
     assert cpu.activations_outside_blocks - cuda.activations_outside_blocks == bias
 
 
-DEEP = GPT4Config(**{**TINY, "num_tokens": 1024, "max_seq_len": 512, "depth": 10})  # 10 = 4k + 2 with ac_every=2
+DEEP = GPT4Config(**{**TINY, "num_tokens": 1024, "max_seq_len": 512, "depth": 12})  # 12 > 5k with ac_every=2
 # wider blocks: FSDP2's buffers, not the logits, shape the backward peak (nonlinear below 3 blocks)
 WIDE = GPT4Config(num_tokens=4096, max_seq_len=256, dim=256, depth=8, dim_head=32, heads=8, alibi_num_heads=4)
 
@@ -139,9 +139,11 @@ WIDE = GPT4Config(num_tokens=4096, max_seq_len=256, dim=256, depth=8, dim_head=3
                 reduce_dtype="fp32", reshard_after_forward=False, device="cuda")),
     (WIDE, dict(strategy="fsdp", world_size=2, micro_batch=2, seq_len=256, activation_checkpointing=True)),
     (WIDE, dict(strategy="fsdp", world_size=2, micro_batch=2, seq_len=256)),
-], ids=["single", "single-ac-bf16", "ddp-bf16-true", "fsdp-ac-every-2", "fsdp-cuda-mixed", "wide-fsdp-ac", "wide-fsdp"])
+    (WIDE, dict(strategy="fsdp", world_size=1, micro_batch=8, seq_len=64)),
+], ids=["single", "single-ac-bf16", "ddp-bf16-true", "fsdp-ac-every-2", "fsdp-cuda-mixed", "wide-fsdp-ac", "wide-fsdp",
+        "wide-fsdp-1"])
 def test_the_depth_extrapolated_plan_equals_the_simulation_of_every_block(cfg, step):
-    """plan_memory simulates depths 3k and 4k and extrapolates (blocks are identical): every field as exact."""
+    """plan_memory simulates depths 3k, 4k, 5k and extrapolates (blocks are identical): every field as exact."""
     assert plan_memory(cfg, **step) == plan_memory(cfg, exact=True, **step)
 
 

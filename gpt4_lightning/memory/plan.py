@@ -118,16 +118,21 @@ def plan_memory(cfg: GPT4Config, *, exact: bool = False, **step: Any) -> MemoryP
     config keys (FSDP2 only); device: "cpu" or "cuda" (the attention kernel and AdamW's implementation differ).
 
     The decoder blocks are identical (with `ac_every=k`: identical runs of k), so every quantity of the plan is
-    linear in the depth (from 3k blocks on): unless `exact`, the step is simulated at depths 3k and 4k and each
-    phase's peak and its parts extrapolated to the model's depth (a deep model's plan in about a second; equal
-    to the exact plan, tests/test_memory_plan.py). `exact=True` simulates every block."""
+    linear in the depth away from the ends: unless `exact`, the step is simulated at depths 3k, 4k and 5k and,
+    where the two increments agree, each phase's peak and its parts extrapolated to the model's depth (a deep
+    model's plan in a second or two; equal to the exact plan, tests/test_memory_plan.py); where they do not,
+    every block is simulated. `exact=True` always simulates every block."""
     k = step.get("ac_every", 1) if step.get("activation_checkpointing") else 1
-    if exact or k < 1 or cfg.depth <= 4 * k or cfg.depth % k:
+    if exact or k < 1 or cfg.depth <= 5 * k or cfg.depth % k:
         return _plan_simulated(cfg, **step)
-    # from 3k blocks on, where at least one run of k blocks is neither the first nor the last (FSDP2's
-    # backward prefetch and the last block's unsharded forward shape the peak near the ends; linear beyond)
-    a, b = (_plan_simulated(dataclasses.replace(cfg, depth=d), **step) for d in (3 * k, 4 * k))
-    steps = (cfg.depth - 3 * k) // k
+    # near the ends FSDP2's backward prefetch and the last block's unsharded forward shape the peaks: simulate
+    # 3k, 4k and 5k blocks and extrapolate only where the two increments agree exactly, else simulate it all
+    s3, a, b = (_plan_simulated(dataclasses.replace(cfg, depth=d), **step) for d in (3 * k, 4 * k, 5 * k))
+    if not all(b.phases[ph] - a.phases[ph] == a.phases[ph] - s3.phases[ph] and
+               all(b.phase_parts[ph][c] - a.phase_parts[ph][c] == a.phase_parts[ph][c] - s3.phase_parts[ph][c]
+                   for c in a.phase_parts[ph]) for ph in a.phases):
+        return _plan_simulated(cfg, **step)
+    steps = (cfg.depth - 4 * k) // k
 
     def lin(x: int, y: int) -> int:
         return x + steps * (y - x)
