@@ -1,7 +1,7 @@
 """The memory preflight of `train`: the run's planned peak per rank against what this machine has, before the
 data, the model or Lightning exists.
 
-`preflight=error` (default) refuses a run whose plan (`memory.plan_memory`, depth-extrapolated: about a second
+`preflight=error` (default) refuses a run whose plan (`memory.plan_memory`, depth-extrapolated: seconds
 for gpt4_2b) plus the process's own overhead exceeds what one rank may use (`memory.available`), with one line:
 the plan and its biggest parts, what is available, and the changes the planner says fit. `warn` logs that line
 and goes on; `off` skips it. Within 10 % of the limit a warning is logged. A run that fits by a wide margin
@@ -108,7 +108,7 @@ def describe(plan: MemoryPlan) -> str:
 def suggest(shape: RunShape, per_rank_limit: int, gpus_per_node: int) -> list[str]:
     """Overrides that make the plan fit `per_rank_limit`, cheapest first: activation checkpointing and bf16
     weights each alone, else both; then the largest smaller batch, and the fewest processes (FSDP) that fit, on
-    top of those. Each candidate is planned (about a second each for gpt4_2b)."""
+    top of those. Each candidate is planned (seconds each for gpt4_2b)."""
 
     def needed_if_fits(s: RunShape) -> int | None:
         needed = _needed(s.plan(), s)
