@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from ..data.config import PrepareCommandConfig, PrepareConfig
 from ..model.config import GPT4Config
-from ..training.config import NONFINITE_MODES, OptimConfig, ParallelConfig, SchedulerConfig, TrainerConfig
+from ..training.config import (
+    NONFINITE_MODES,
+    PREFLIGHT_MODES,
+    OptimConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    TrainerConfig,
+)
 
 
 @dataclass
@@ -50,7 +57,7 @@ class TrainConfig(PrepareConfig):
             raise ValueError(f"checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be an integer > 0")
         if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
             raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1 or null (keep all)")
-        if self.preflight not in ("error", "warn", "off"):
+        if self.preflight not in PREFLIGHT_MODES:
             raise ValueError(f"preflight={self.preflight!r} must be error, warn or off")
         if self.preflight_memory_gib is not None and not self.preflight_memory_gib > 0:
             raise ValueError(f"preflight_memory_gib={self.preflight_memory_gib} must be a number > 0 or null")

@@ -13,6 +13,7 @@ from typing import Any
 
 FSDP_DTYPES = ("fp32", "bf16", "fp16")
 NONFINITE_MODES = ("skip", "stop")  # training.nonfinite.NonFiniteGuard
+PREFLIGHT_MODES = ("error", "warn", "off")  # training.preflight.check_memory
 
 
 @dataclass

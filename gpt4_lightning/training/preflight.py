@@ -24,7 +24,6 @@ from .devices import _device_count, is_global_rank_zero, uses_fsdp
 
 log = logging.getLogger(__name__)
 
-PREFLIGHT_MODES = ("error", "warn", "off")
 NEAR = 0.9  # warn above this share of the available memory
 OVERHEAD = {"cpu": 1 * GIB, "cuda": 1 * GIB}  # interpreter + torch + Lightning / CUDA context + NCCL, per rank
 SCALE_OUT = 64  # try up to this many times the processes
