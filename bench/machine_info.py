@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,3 +22,10 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     return dict(device=torch.cuda.get_device_name(device) if on_gpu else cpu, cpu=cpu, cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
                 platform=platform.platform())
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """A benchmark's JSON report (bench/results/ by default)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")

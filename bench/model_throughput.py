@@ -11,11 +11,14 @@ Models:
     xt_model       x-transformers `TransformerWrapper(Decoder(...))`, same arguments, same loss code
     xt_arwrapper   x-transformers `AutoregressiveWrapper(xt_model)`: forward(tokens (b, n + 1)) -> loss
     gpt4_compiled  (--compile) GPT4 with each decoder block wrapped in `torch.compile`
+    gpt4_document_mask  (--document-mask) GPT4 with document masking (`data.document_mask`): an EOS every
+                   `--document-len` tokens, the per-batch dense mask on CPU (FlexAttention's block mask on CUDA)
 
 Run from the repo root:
     python bench/model_throughput.py                  # defaults: dim 256, depth 4, seq 512, batch 8
     python bench/model_throughput.py --quick          # tiny config, for tests
     python bench/model_throughput.py --compile --rounds 5 --out /tmp/r.json
+    python bench/model_throughput.py --document-mask       # + the cost of document masking
 """
 
 from __future__ import annotations
@@ -32,18 +35,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from machine_info import machine_info
+from machine_info import machine_info, write_report
 from torch import Tensor, nn
 from x_transformers import AutoregressiveWrapper
 
 from gpt4_lightning import GPT4, GPT4Config
 from gpt4_lightning.memory.rss import current_rss, peak_rss
+from gpt4_lightning.model.kernels import document_ids
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("gpt4", "xt_model", "xt_arwrapper")
 CONFIG_KEYS = ("dim", "depth", "heads", "dim_head", "alibi_num_heads", "num_tokens", "seq", "batch")
 QUICK = dict(dim=64, depth=2, heads=4, dim_head=16, alibi_num_heads=2, num_tokens=256, seq=64, batch=2,
-             rounds=1, steps=2, warmup=1)
+             rounds=1, steps=2, warmup=1, document_len=16)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,9 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cpu count)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="also run gpt4_compiled (torch.compile per block)")
+    p.add_argument("--document-mask", action="store_true", help="also run gpt4_document_mask")
+    p.add_argument("--document-len", type=int, default=128, help="tokens per document with --document-mask")
     p.add_argument("--quick", action="store_true", help="tiny config, 1 round, 2 steps (for tests)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "model_throughput.json")
-    p.add_argument("--worker", choices=(*MODELS, "gpt4_compiled"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=(*MODELS, "gpt4_compiled", "gpt4_document_mask"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -86,9 +92,14 @@ def build(name: str, args: argparse.Namespace) -> tuple[nn.Module, Any]:
     kwargs = dict(num_tokens=args.num_tokens, max_seq_len=args.seq, dim=args.dim, depth=args.depth,
                   dim_head=args.dim_head, heads=args.heads, alibi_num_heads=args.alibi_num_heads)
 
-    def next_token_loss(model: nn.Module):
-        def step_loss(tokens: Tensor) -> Tensor:  # "the same loss code" for gpt4 and xt_model
-            logits = model(tokens[:, :-1])
+    def next_token_loss(model: nn.Module, eos: int | None = None):
+        def step_loss(tokens: Tensor) -> Tensor:  # "the same loss code" for gpt4, its masked run and xt_model
+            documents = None
+            if eos is not None:  # the LightningModule's document masking: ids from the EOS positions
+                tokens = tokens.clone()
+                tokens[:, args.document_len - 1::args.document_len] = eos
+                documents = document_ids(tokens[:, :-1], eos)
+            logits = model(tokens[:, :-1]) if documents is None else model(tokens[:, :-1], documents)
             return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
         return step_loss
 
@@ -97,7 +108,7 @@ def build(name: str, args: argparse.Namespace) -> tuple[nn.Module, Any]:
         if name == "gpt4_compiled":
             for i, block in enumerate(model.blocks):
                 model.blocks[i] = torch.compile(block)
-        return model, next_token_loss(model)
+        return model, next_token_loss(model, eos=0 if name == "gpt4_document_mask" else None)
 
     # the config GPT4(**kwargs) would hold, without allocating a GPT4 in this worker (it would count as peak)
     xt = xt_reference().build_xtransformers(GPT4Config.from_kwargs(**kwargs))
@@ -138,7 +149,8 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
 
 def run_worker(name: str, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads", str(args.threads),
-           "--seed", str(args.seed), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+           "--seed", str(args.seed), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--document-len", str(args.document_len)]
     for key in CONFIG_KEYS:
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -156,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    names = [*MODELS, "gpt4_compiled"] if args.compile else list(MODELS)
+    names = [*MODELS, *(["gpt4_compiled"] if args.compile else []),
+             *(["gpt4_document_mask"] if args.document_mask else [])]
     config = {k: getattr(args, k) for k in (*CONFIG_KEYS, "rounds", "steps", "warmup", "threads", "seed")}
     print(f"config: {config}", flush=True)
     rounds: list[dict[str, Any]] = []
@@ -190,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios[f"{name}_vs_xt_model_peak_mem"] = ratio(summary[name]["peak_mib"],
                                                            summary["xt_model"]["peak_mib"])
 
+    if "gpt4_document_mask" in summary:  # what masking costs against the same model unmasked
+        ratios["gpt4_document_mask_vs_gpt4_tokens_per_s"] = ratio(summary["gpt4_document_mask"]["tokens_per_s_median"],
+                                                                  summary["gpt4"]["tokens_per_s_median"])
     header = (f"{'model':<15}{'tokens/s':>11}{'min':>10}{'max':>10}{'peak MiB':>10}"
               f"{'vs xt_model':>13}{'vs xt_arwrapper':>17}{'mem vs xt_model':>17}")
     print(header)
@@ -200,14 +216,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['peak_mib']:>10.1f}{ratio(tps, summary['xt_model']['tokens_per_s_median']):>13.3f}"
               f"{ratio(tps, summary['xt_arwrapper']['tokens_per_s_median']):>17.3f}"
               f"{ratio(s['peak_mib'], summary['xt_model']['peak_mib']):>17.3f}")
+    if "gpt4_document_mask_vs_gpt4_tokens_per_s" in ratios:
+        print(f"document masking: {ratios['gpt4_document_mask_vs_gpt4_tokens_per_s']:.3f}x the unmasked tokens/s")
     wall = time.perf_counter() - t0
     print(f"wall time: {wall:.1f}s")
 
     report = dict(config=config, machine=machine_info(),
                   rounds=rounds, medians=summary, ratios=ratios, wall_s=wall)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

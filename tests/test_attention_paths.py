@@ -102,3 +102,86 @@ def test_compiled_flex_matches_reference(monkeypatch):
     tokens = torch.randint(0, TINY["num_tokens"], (2, 128))
     with torch.no_grad():
         torch.testing.assert_close(models["flex"](tokens), models["reference"](tokens), atol=1e-5, rtol=1e-5)
+
+
+EOS = 3
+
+
+def windows_with_documents(first_doc: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """One window: `first_doc`, EOS, then `rest` (the next document, running to the window's end)."""
+    return torch.cat([first_doc, torch.tensor([EOS]), rest])[None]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("flags", [{}, dict(alibi_pos_bias=False)], ids=["alibi", "no_alibi"])
+def test_document_mask_isolates_a_document_from_the_one_before(path, flags):
+    """With document masking, the second document's logits do not change when the document before it does:
+    exactly for the same length (same positions), to float tolerance for another length (positions shift;
+    ALiBi and rotary-xPos see only distances). Without masking they do change (the test can fail)."""
+    from gpt4_lightning.model.kernels import document_ids
+
+    model = same_weights(flags)[path]
+    vocab = TINY["num_tokens"]
+    second = torch.randint(EOS + 1, vocab, (200,))  # past one SDPA query chunk in all
+    first_a, first_b = torch.randint(EOS + 1, vocab, (60,)), torch.randint(EOS + 1, vocab, (60,))
+    first_c = torch.randint(EOS + 1, vocab, (45,))
+    outputs = {}
+    with torch.no_grad():
+        for name, first in (("a", first_a), ("b", first_b), ("c", first_c)):
+            tokens = windows_with_documents(first, second)
+            documents = document_ids(tokens, EOS)
+            assert documents[0, len(first)] == 1  # the EOS opens the second document
+            outputs[name] = model(tokens, documents)[0, len(first):]  # the EOS and the second document
+            outputs[name + "_unmasked"] = model(tokens)[0, len(first):]
+    torch.testing.assert_close(outputs["b"], outputs["a"], atol=0, rtol=0)
+    torch.testing.assert_close(outputs["c"], outputs["a"], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(outputs["b_unmasked"], outputs["a_unmasked"], atol=1e-3)
+
+
+def test_document_mask_is_causal_attention_on_each_document_alone():
+    """Two documents in one window, masked: each one's logits equal the model run on that document alone
+    (the second with its EOS first), on the reference path."""
+    from gpt4_lightning.model.kernels import document_ids
+
+    model = same_weights({})["sdpa"]
+    first, second = torch.randint(EOS + 1, 64, (30,)), torch.randint(EOS + 1, 64, (40,))
+    tokens = windows_with_documents(first, second)
+    with torch.no_grad():
+        masked = model(tokens, document_ids(tokens, EOS))[0]
+        torch.testing.assert_close(masked[:30], model(first[None])[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(masked[30:], model(tokens[:, 30:])[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("precision", ["autocast_bf16", "bf16_true"])
+def test_every_path_runs_in_bf16_and_agrees_with_fp32(path, precision, monkeypatch):
+    """bf16 as training runs it: CPU autocast (fp32 weights; qk-norm gains and rotary tables are fp32, so q and k
+    would come out fp32 beside a bf16 v: FlexAttention needs one dtype) and bf16-true (every weight bf16). The
+    logits agree with fp32 within bf16's precision; backward runs (FlexAttention has none on CPU: forward only)."""
+    import copy
+
+    fp32 = same_weights({})[path]
+    tokens = torch.randint(0, TINY["num_tokens"], (2, 96))
+    with torch.no_grad():
+        expected = fp32(tokens)
+    model = copy.deepcopy(fp32).to(torch.bfloat16) if precision == "bf16_true" else fp32
+    from gpt4_lightning.model.attention import Attention
+
+    seen, forward = [], Attention.forward
+
+    def recording(self, x, rotary, bias, kernel, cache=None):  # the dtypes each kernel call receives
+        def kernel_seen(q, k, v, b):
+            seen.append((q.dtype, k.dtype, v.dtype))
+            return kernel(q, k, v, b)
+        return forward(self, x, rotary, bias, kernel_seen, cache)
+
+    monkeypatch.setattr(Attention, "forward", recording)
+    with torch.set_grad_enabled(path != "flex"), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                  enabled=precision == "autocast_bf16"):
+        logits = model(tokens)
+    assert logits.dtype == torch.bfloat16
+    assert seen and set(seen) == {(torch.bfloat16,) * 3}, seen  # q, k, v of one dtype: the compute dtype
+    torch.testing.assert_close(logits.float(), expected, atol=0.15, rtol=0.05)
+    if path != "flex":
+        logits.float().logsumexp(-1).mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

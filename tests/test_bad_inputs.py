@@ -214,6 +214,8 @@ CASES = [
     Case("fsdp-mesh", "train", train("trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=1",
                                      "trainer.strategy.data_parallel_size=2"),
          ["trainer.strategy.data_parallel_size=2", "trainer.devices x trainer.num_nodes = 1"]),
+    Case("nodes-without-launcher", "train", train("trainer.num_nodes=2"),
+         ["trainer.num_nodes=2", "no launcher", "launch/slurm/train.sbatch", "trainer.num_nodes=1"]),
     Case("precision-value", "train", train("trainer.precision=fp8"),
          ["trainer.precision='fp8'", "precision=fp32|bf16_mixed|bf16_true", "bf16-mixed"]),
     Case("trainer-argument", "train", train("+trainer.bogus_arg=1"),

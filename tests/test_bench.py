@@ -1,6 +1,7 @@
 """Smoke test of bench/model_throughput.py: the --quick run completes and writes its report."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_model_throughput_quick(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "bench/model_throughput.py", "--quick", "--out", str(out)],
+        [sys.executable, "bench/model_throughput.py", "--quick", "--document-mask", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
@@ -41,6 +42,9 @@ def test_model_throughput_quick(tmp_path):
             medians["gpt4"]["tokens_per_s_median"] / medians[ref]["tokens_per_s_median"], rel=1e-9)
     assert ratios["gpt4_vs_xt_model_peak_mem"] == pytest.approx(
         medians["gpt4"]["peak_mib"] / medians["xt_model"]["peak_mib"], rel=1e-9)
+    assert ratios["gpt4_document_mask_vs_gpt4_tokens_per_s"] == pytest.approx(
+        medians["gpt4_document_mask"]["tokens_per_s_median"] / medians["gpt4"]["tokens_per_s_median"], rel=1e-9)
+    assert "document masking:" in proc.stdout
     assert report["config"]["seq"] == 64 and report["machine"]["cpu_count"] >= 1
     assert len(report["rounds"]) == 1
 
@@ -57,6 +61,29 @@ def test_attention_kernels_quick(tmp_path):
     assert results["flex_alibi"]["pass"] == "fwd" and results["sdpa_causal"]["pass"] == "fwd+bwd"  # CPU: no flex bwd
     assert results["flex_alibi"]["max_abs_diff_vs_alibi"] < 1e-4  # the same ALiBi attention as the dense path
     assert all(r["ms"] > 0 for r in results.values()) and report["ratios"]["flex_alibi_ms_vs_sdpa_causal"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_cpu_runs_every_step_and_one_failure_keeps_the_others(tmp_path):
+    """bench/gpu_check.py --quick --cpu (what a GPU machine runs, at tiny shapes): every step ok, its figures in the
+    JSON; then with the training step made to fail (the data cache is a file), the other steps' figures are kept
+    and the command exits 1."""
+    out = tmp_path / "gc.json"
+    cmd = [sys.executable, "bench/gpu_check.py", "--quick", "--cpu", "--out", str(out)]
+    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    steps = json.loads(out.read_text())["steps"]
+    assert list(steps) == ["attention", "model", "train_tiny_fsdp"] and {s["status"] for s in steps.values()} == {"ok"}
+    assert steps["model"]["figures"]["fp32"]["ok"] and steps["model"]["figures"]["bf16_autocast"]["ok"]
+    train = steps["train_tiny_fsdp"]["figures"]
+    assert train["tokens_per_s"] > 0 and train["planned_peak_gib"] > 0 and train["peak_gib"] > 0
+    (tmp_path / "not_a_dir").write_text("")
+    env["GPT4_LIGHTNING_CACHE"] = str(tmp_path / "not_a_dir")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    steps = json.loads(out.read_text())["steps"]
+    assert proc.returncode == 1 and steps["train_tiny_fsdp"]["status"] == "failed", proc.stdout[-2000:]
+    assert steps["attention"]["status"] == steps["model"]["status"] == "ok"
 
 
 @pytest.mark.slow
@@ -97,3 +124,20 @@ def test_data_throughput_against_a_baseline_tree(tmp_path):
     mixed = rows["datamodule_mix4_2_workers"]
     assert mixed["vs_single_source"] == pytest.approx(
         mixed["tokens_per_s"] / rows["datamodule_2_workers"]["tokens_per_s"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_learning_parity_quick(tmp_path):
+    """bench/learning_parity.py --quick: both models train, the table and the per-seed ratios are written."""
+    out = tmp_path / "lp.json"
+    proc = subprocess.run([sys.executable, "bench/learning_parity.py", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio of means" in proc.stdout
+    report = json.loads(out.read_text())
+    assert {r["model"] for r in report["runs"]} == {"gpt4", "x_transformers"}
+    for per_len in report["summary"].values():
+        for s in per_len.values():
+            ours, theirs = s["gpt4"]["mean"], s["x_transformers"]["mean"]
+            assert 0 < ours < 6 and 0 < theirs < 6  # nats per byte, below ln 256 + a bit
+            assert s["ratio_of_means"] == pytest.approx(ours / theirs, rel=1e-9)

@@ -124,6 +124,17 @@ def test_cuda_plan_has_no_dense_alibi_bias():
     assert cpu.activations_outside_blocks - cuda.activations_outside_blocks == bias
 
 
+def test_document_mask_adds_its_dense_per_batch_mask_on_cpu_only():
+    """`data.document_mask` on CPU: a `(b, 1, n, n)` mask built per batch beside the cached ALiBi bias (measured
+    +60 MiB at dim 256, seq 512, batch 8: BENCHMARKS.md); CUDA's FlexAttention block mask is negligible."""
+    cfg = GPT4Config(**{**TINY, "max_seq_len": 512})
+    step = dict(micro_batch=4, seq_len=512)
+    plain, masked = plan_memory(cfg, **step), plan_memory(cfg, **step, document_mask=True)
+    assert masked.peak - plain.peak >= 4 * 512 * 512 * 4  # at least one fp32 (b, 1, n, n) tensor
+    cuda = dict(step, device="cuda")
+    assert plan_memory(cfg, **cuda, document_mask=True).peak == plan_memory(cfg, **cuda).peak
+
+
 DEEP = GPT4Config(**{**TINY, "num_tokens": 1024, "max_seq_len": 512, "depth": 12})  # 12 > 5k with ac_every=2
 # wider blocks: FSDP2's buffers, not the logits, shape the backward peak (nonlinear below 3 blocks)
 WIDE = GPT4Config(num_tokens=4096, max_seq_len=256, dim=256, depth=8, dim_head=32, heads=8, alibi_num_heads=4)

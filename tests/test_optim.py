@@ -1,4 +1,4 @@
-"""Weight-decay groups, the warmup + cosine schedule, and gradient accumulation."""
+"""Weight-decay groups, the lr schedules (warmup-cosine, warmup-stable-decay), and gradient accumulation."""
 
 import itertools
 import math
@@ -11,7 +11,8 @@ from conftest import TINY
 from gpt4_lightning import GPT4, GPT4Config
 from gpt4_lightning.training.flops import flops_per_token, matmul_params
 from gpt4_lightning.training.module import GPT4LitModule
-from gpt4_lightning.training.optim import warmup_cosine, weight_decay_groups
+from gpt4_lightning.training.optim import lr_scheduler, weight_decay_groups
+from gpt4_lightning.training.schedule import lr_multiplier
 
 
 def test_weight_decay_only_on_matmul_weights_and_embeddings():
@@ -29,7 +30,7 @@ def test_weight_decay_only_on_matmul_weights_and_embeddings():
 
 
 def test_warmup_then_cosine_to_the_floor():
-    f = warmup_cosine(warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    f = lr_multiplier(warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
     assert [f(s) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warmup
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway
@@ -37,7 +38,46 @@ def test_warmup_then_cosine_to_the_floor():
     values = [f(s) for s in range(10, 111)]
     assert all(a >= b for a, b in itertools.pairwise(values))  # monotone decay
     with pytest.raises(ValueError, match="min_lr_ratio"):
-        warmup_cosine(10, 100, 1.5)
+        lr_multiplier(10, 100, 1.5)
+
+
+def wsd_definition(step: int, warmup: int, total: int, fraction: float, shape: str, floor: float) -> float:
+    """Warmup-stable-decay written out from its definition, independently of training.schedule."""
+    decay_start = total - round(fraction * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step < decay_start:
+        return 1.0
+    p = min(1.0, (step - decay_start) / (total - decay_start))
+    shaped = {"linear": 1 - p, "cosine": (1 + math.cos(math.pi * p)) / 2, "1-sqrt": 1 - p**0.5}[shape]
+    return floor + (1 - floor) * shaped
+
+
+@pytest.mark.parametrize("shape", ["1-sqrt", "linear", "cosine"])
+def test_wsd_lr_equals_its_definition_at_every_step(shape):
+    """The scheduler as training steps it (LambdaLR on a real optimizer): lr at every step of warmup 10,
+    stable to step 80, decay over the last 20 % of 100, then flat at the floor."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=2.0)
+    scheduler = lr_scheduler(optimizer, warmup_steps=10, total_steps=100, min_lr_ratio=0.05, decay_fraction=0.2,
+                             decay_shape=shape)
+    lrs = []
+    for _ in range(120):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [2.0 * wsd_definition(s, 10, 100, 0.2, shape, 0.05) for s in range(120)]
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=0)
+    assert lrs[10:80] == [2.0] * 70 and lrs[80] == 2.0 and lrs[99] > lrs[100] == pytest.approx(0.1)
+
+
+def test_wsd_without_room_for_its_decay_is_refused():
+    with pytest.raises(ValueError, match="decay_fraction"):
+        lr_multiplier(90, 100, 0.0, decay_fraction=0.2)  # the decay would start inside the warmup
+    with pytest.raises(ValueError, match="decay_fraction"):
+        lr_multiplier(0, 100, 0.0, decay_fraction=0.001)  # rounds to no decay step
+    with pytest.raises(ValueError, match="decay_shape"):
+        lr_multiplier(0, 100, 0.0, decay_fraction=0.2, decay_shape="exp")
 
 
 def test_flops_formula_counts_matmuls_and_attention():

@@ -58,7 +58,7 @@ def test_init_weights_reinitialises_after_meta_build():
     block = model.net.decoder.blocks[0]
     assert torch.equal(block.attn_norm.gamma, torch.ones(64))
     assert torch.allclose(block.attn.qk_norm.q_scale, torch.full_like(block.attn.qk_norm.q_scale, 16**0.25))
-    assert 0.015 < model.net.to_logits.weight.std() < 0.025
+    assert 0.9 * (2 / (5 * 64)) ** 0.5 < model.net.to_logits.weight.std() < 1.1 * (2 / (5 * 64)) ** 0.5  # model/init.py
     assert torch.count_nonzero(model.net.decoder.alibi.slopes) == 2
     logits = model(torch.randint(0, 256, (2, 16)))
     assert torch.isfinite(logits).all()
@@ -94,3 +94,22 @@ def test_every_subpackage_is_installed():
     found = {".".join(p.parent.relative_to(root).parts) for top in ("gpt4_lightning", "hydra_plugins")
              for p in (root / top).rglob("__init__.py")} | {"gpt4_lightning.conf"}
     assert listed == found
+
+
+@pytest.mark.parametrize(("dim", "depth"), [(64, 2), (256, 8)])
+def test_init_scales_with_fan_in_and_depth(dim, depth):
+    """model/init.py: every matmul std sqrt(2 / (5 fan_in)), residual outputs that / sqrt(depth), embedding
+    1/sqrt(dim), at every width and depth (GPT-2's fixed 0.02 did not scale)."""
+    model = GPT4(num_tokens=2048, max_seq_len=64, dim=dim, depth=depth, dim_head=16, heads=dim // 16,
+                 alibi_num_heads=2)
+    block = model.blocks[0]
+    small = lambda fan_in: (2 / (5 * fan_in)) ** 0.5
+    expected = {"to_qkv": (block.attn.to_qkv.weight, small(dim)),
+                "proj_in": (block.ff.proj_in.weight, small(dim)),
+                "to_out": (block.attn.to_out.weight, small(dim) / depth ** 0.5),
+                "proj_out": (block.ff.proj_out.weight, small(4 * dim) / depth ** 0.5),
+                "to_logits": (model.net.to_logits.weight, small(dim)),
+                "token_emb": (model.net.token_emb.weight, dim**-0.5)}
+    for name, (weight, std) in expected.items():
+        assert weight.std().item() == pytest.approx(std, rel=0.05), name
+    assert torch.count_nonzero(block.ff.proj_in.bias) == 0

@@ -85,7 +85,10 @@ def assert_same_from(resumed: dict[int, float], reference: dict[int, float], fir
 # the resume must not notice it
 DOWNSTREAM = ["eval_tasks=gpt4l_next_line", "eval_every_n_steps=40", "eval_limit=4"]
 EVAL_METRIC = "eval/gpt4l_next_line/acc"
-STRATEGIES = {"one": [], "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+# one process trains on the warmup-stable-decay schedule, decaying from step 12 of 120: the kill and the resume
+# (after step 20) land mid-decay
+WSD = ["scheduler=wsd", "scheduler.decay_fraction=0.9", "scheduler.decay_shape=1-sqrt", "scheduler.min_lr_ratio=0.1"]
+STRATEGIES = {"one": WSD, "fsdp": ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
                                   "data.batch_size=4", *DOWNSTREAM]}
 
 
@@ -97,6 +100,12 @@ def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy, request):
     extra = STRATEGIES.get(strategy, [])
     run(workdir, "train", *on_mix(args(workdir, f"whole_{strategy}", *extra)))
     reference = step_losses(workdir / "outputs" / f"whole_{strategy}")
+    if strategy == "one":  # the lr Lightning stepped, at every step, is the schedule's definition
+        from test_optim import wsd_definition
+
+        lrs = step_metric(workdir / "outputs" / "whole_one", "train/lr")
+        assert sorted(lrs) == list(range(STEPS))
+        assert lrs == pytest.approx({s: 3e-3 * wsd_definition(s, 5, STEPS, 0.9, "1-sqrt", 0.1) for s in lrs})
 
     run_dir = workdir / "outputs" / f"killed_{strategy}"
     proc = start(workdir, *on_mix(args(workdir, f"killed_{strategy}", *extra, FLUSH)))
@@ -217,13 +226,13 @@ class PoisonLoss:
         if trainer.global_step == self.step:
             self.before = {k: v.clone() for k, v in module.model.state_dict().items()}
             loss = type(module.model).loss
-            module.model.loss = lambda b: loss(module.model, b) * float("nan")
+            module.model.loss = lambda *args: loss(module.model, *args) * float("nan")
         elif "loss" in vars(module.model):
             self.after = {k: v.clone() for k, v in module.model.state_dict().items()}
             del module.model.loss
 
 
-def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str):
+def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str, *extra: str):
     import lightning as L
 
     from gpt4_lightning.config import compose_config
@@ -232,7 +241,8 @@ def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str):
 
     monkeypatch.setenv("GPT4_LIGHTNING_CACHE", str(workdir / "cache"))
     cfg = compose_config("train", [*args(workdir, "poison", "trainer.max_steps=8", "trainer.limit_val_batches=0",
-                                         f"nonfinite={nonfinite}", "logger=none"), f"hydra.run.dir={tmp_path}"])
+                                         f"nonfinite={nonfinite}", "logger=none", *extra),
+                                   f"hydra.run.dir={tmp_path}"])
     module, datamodule, trainer = build(cfg)
     poison = PoisonLoss(step=3)
     trainer.callbacks.append(type("Poison", (L.Callback,), {"on_train_batch_start": lambda s, *a: poison(*a)})())
@@ -240,11 +250,18 @@ def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str):
     return callback(trainer, NonFiniteGuard), trainer, poison
 
 
-def test_nonfinite_loss_is_skipped_without_touching_the_weights(workdir, tmp_path, monkeypatch):
-    guard, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "skip")
+@pytest.mark.parametrize("fused", [True, False], ids=["on-device", "host"])
+def test_nonfinite_loss_is_skipped_without_touching_the_weights(workdir, tmp_path, monkeypatch, fused):
+    """Fused AdamW skips the step on the device (`found_inf`, counts read every log_every_n_steps = 3); another
+    optimizer has its gradients dropped after a host read of the norm. Either way the bad step changes nothing:
+    weights, moments, step count."""
+    guard, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "skip", f"optim.fused={fused}",
+                                             "trainer.log_every_n_steps=3")
     assert trainer.global_step == 8 and guard.bad_steps == 1
     for name, value in poison.before.items():  # the poisoned step changed nothing
         assert torch.equal(value, poison.after[name]), name
+    optimizer = trainer.optimizers[0]
+    assert all(int(optimizer.state[p]["step"]) == 7 for p in trainer.lightning_module.parameters())
     assert all(torch.isfinite(p).all() for p in trainer.lightning_module.parameters())
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
@@ -254,6 +271,20 @@ def test_nonfinite_stop_keeps_a_checkpoint_from_before_the_bad_step(workdir, tmp
 
     guard, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "stop")
     assert guard.stop_step == 3 and trainer.global_step == 4  # stopped right after the bad step
+    model, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    saved = model.state_dict()
+    for name, value in poison.before.items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_nonfinite_stop_read_later_still_keeps_the_weights_from_before_the_bad_step(workdir, tmp_path,
+                                                                                    monkeypatch):
+    """On the device the guard reads its counts every log_every_n_steps (5): the bad step 3 is seen after step 4,
+    whose update is skipped too, so the checkpoint still holds the weights from before step 3."""
+    from gpt4_lightning.checkpoint.load import load_model
+
+    guard, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "stop", "trainer.log_every_n_steps=5")
+    assert guard.stop_step == 3 and trainer.global_step == 5 and guard.bad_steps == 1
     model, _ = load_model(tmp_path / "checkpoints" / "last.ckpt")
     saved = model.state_dict()
     for name, value in poison.before.items():

@@ -109,3 +109,12 @@ def test_prompt_is_passed_through_hydra_verbatim(prompt):
 
     (arg,) = quote_prompt([f"prompt={prompt}"])
     assert OverridesParser.create().parse_override(arg).value() == prompt
+
+
+@pytest.mark.slow
+def test_document_mask_trains_through_the_cli(workdir):
+    proc = run(workdir, "train", *train_args(workdir, 4), "run_name=docmask", "data.document_mask=true",
+               "trainer.val_check_interval=4")
+    assert "document masking on" in proc.stderr + proc.stdout
+    with open(workdir / "outputs" / "docmask" / "logs" / "metrics.csv") as f:
+        assert "val/loss" in f.readline()

@@ -104,7 +104,8 @@ class AtomicCheckpoint(L.Callback):
         trainer.strategy.barrier("AtomicCheckpoint.before_save")
         self.last_saved_step = step  # part of the state being written
         try:
-            trainer.save_checkpoint(tmp)  # all ranks write (sharded) or rank 0 (plain), then a barrier
+            # all ranks write (sharded) or rank 0 (plain), then a barrier; the full state (optimizer, loops) to resume
+            trainer.save_checkpoint(tmp, weights_only=False)
             if trainer.is_global_zero:
                 _fsync_tree(tmp)
         except OSError as e:

@@ -206,7 +206,9 @@ def launch(config_name: str, fn: Callable[[DictConfig], Any], lock_run_dir: bool
     from hydra.core.plugins import Plugins
 
     from ..config import register_configs
+    from .console import quiet_library_noise
 
+    quiet_library_noise()
     register_configs()
     plugins = Plugins.instance()  # scans (and re-executes) Hydra's plugin modules: before importing one of them
     from hydra_plugins.gpt4_lightning_sweeper.checked_sweeper import CheckedSweeper

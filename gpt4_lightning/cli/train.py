@@ -155,8 +155,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "generate: " + command("generate", [f"ckpt_path={last}", "prompt=def fib(n):"]),  # generate quotes it
             "evaluate: " + command("evaluate", [f"ckpt_path={last}"]),
         ]
+        report = write_run_report(run_dir, cfg.report_sample_tokens)
+        if report is not None:
+            lines.append(f"report:   {report} (curves: {report.with_name('report.png')})")
         print("\n".join(lines), flush=True)
     return result
+
+
+def write_run_report(run_dir: Path, sample_tokens: int) -> Path | None:
+    """The run's report.md/report.png (rank 0, after training); a failure to write it is logged, never turns a
+    finished run into a failed one."""
+    from ..reporting.report import write_report
+
+    try:
+        return write_report(run_dir, sample_tokens)
+    except Exception as e:  # the run has finished; the report is an extra
+        log.warning("the run's report was not written (%s: %s); python -m gpt4_lightning.report %s retries",
+                    type(e).__name__, e, run_dir)
+        return None
 
 
 def main() -> None:

@@ -79,6 +79,18 @@ def compose_config(config_name: str, overrides: list[str] | None = None) -> Dict
     return cfg
 
 
+def default_config(config_name: str) -> DictConfig:
+    """`conf/<config_name>.yaml` composed without overrides and without the `hydra` node, unresolved; inside a
+    running Hydra app (the end of `train`) through its already initialised Hydra, else a fresh one."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name)
+    with initialize_config_module(CONFIG_MODULE, version_base=None):
+        return compose(config_name=config_name)
+
+
 def config_dir() -> Path:
     import gpt4_lightning.conf
 

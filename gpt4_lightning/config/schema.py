@@ -45,6 +45,7 @@ class TrainConfig(PrepareConfig):
     preflight: str = "error"  # error | warn | off: the memory plan against this machine (training.preflight)
     preflight_memory_gib: float | None = None  # memory per rank to plan for; null: what this machine has
     collective_timeout_s: int | None = None  # a hung peer ends the run after this; null: 600 (NCCL), 900 (gloo)
+    report_sample_tokens: int = 64  # the end-of-run report's sample from last.ckpt (0: none; reporting.report)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +64,8 @@ class TrainConfig(PrepareConfig):
             raise ValueError(f"preflight_memory_gib={self.preflight_memory_gib} must be a number > 0 or null")
         if self.collective_timeout_s is not None and self.collective_timeout_s < 1:
             raise ValueError(f"collective_timeout_s={self.collective_timeout_s} must be >= 1 or null")
+        if self.report_sample_tokens < 0:
+            raise ValueError(f"report_sample_tokens={self.report_sample_tokens} must be >= 0 (0: no sample)")
         if self.nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite={self.nonfinite!r} must be 'skip' or 'stop'")
         if self.nonfinite_max_consecutive < 0:

@@ -33,6 +33,9 @@ class DataConfig:
     name: a label (the cache directory's name); the dataset id for hf_hub.
     dir: the prepared directory; None: `<cache_dir>/<name>-<fingerprint of the inputs>`.
     seq_len, batch_size (per rank), num_workers, seed: the DataModule's; verify: sha256 every shard on setup.
+    document_mask: a window concatenates EOS-separated documents; with this a token attends only within its own
+        document (the EOS opens the next one). Positions run on across the window: ALiBi and rotary-xPos see
+        only distances, so a document's attention is the same wherever it starts.
     """
 
     source: str = "stdlib"
@@ -49,6 +52,7 @@ class DataConfig:
     num_workers: int = 0
     seed: int = 1234
     verify: bool = False
+    document_mask: bool = False
     sources: list[SourceConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -258,7 +258,8 @@ class Corpus:
         self.stats.skipped_files.append(str(path))
         if str(path) not in self._warned:
             self._warned.add(str(path))
-            log.warning("skipping %s: %s", path, why)
+            # the stdlib's are CPython's deliberately broken test files: nothing for the user to fix
+            log.log(logging.INFO if self.source == "stdlib" else logging.WARNING, "skipping %s: %s", path, why)
 
     def _stdlib(self) -> Iterator[str | None]:
         for path in self.files:

@@ -313,6 +313,24 @@ class GPT4DataModule(L.LightningDataModule):
         return DataLoader(ValBatches(self.val_windows, self.batch_size, world_size, rank), batch_size=None,
                           num_workers=self.num_workers)
 
+    @property
+    def checks_token_ids(self) -> bool:
+        """Whether every batch's ids are checked below `max_token_id` on the host (`on_before_batch_transfer`),
+        so the model's forward need not read them back from the device."""
+        return self.max_token_id is not None
+
+    def on_before_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        """`(b, seq_len + 1)` windows still in host memory: every id (inputs and targets) in [0, max_token_id).
+        The manifest's vocab was checked against the model at setup; a batch outside it comes from a damaged
+        shard. One min/max over the host copy: no host-device sync."""
+        if self.max_token_id is not None and batch.numel():
+            lo, hi = (int(v) for v in torch.aminmax(batch))
+            if lo < 0 or hi >= self.max_token_id:
+                raise DataError(f"a batch read from {self.data_dir} holds token ids in [{lo}, {hi}], outside the "
+                                f"model's [0, num_tokens={self.max_token_id}): a shard is damaged; find it with "
+                                "data.verify=true, or prepare the data again (overwrite=true)")
+        return batch
+
     def train_dataloader(self) -> ResumableLoader:
         return self.make_train_loader(*self._world())
 

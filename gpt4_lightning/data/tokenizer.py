@@ -75,8 +75,10 @@ def load_tokenizer(tok_cfg: TokenizerConfig) -> Tokenizer | None:
                             "HF tokenizers") from e
     else:
         origin = f"hub tokenizer {tok_cfg.name}"
-        try:
-            tokenizer = Tokenizer.from_pretrained(str(tok_cfg.name))
+        local = Path(str(tok_cfg.name)).expanduser() / "tokenizer.json"
+        try:  # a local directory (a downloaded repo, an export) is read as transformers' from_pretrained would
+            tokenizer = Tokenizer.from_file(str(local)) if local.is_file() else Tokenizer.from_pretrained(
+                str(tok_cfg.name))
         except Exception as e:  # network, not found, gated: all surface as generic exceptions
             raise DataError(f"cannot load {origin} ({e}); check tokenizer.name and the network, or use "
                             "tokenizer=file tokenizer.path=<tokenizer.json>") from e

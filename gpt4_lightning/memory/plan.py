@@ -101,11 +101,12 @@ _SIM_CACHE: dict[tuple, Simulation] = {}
 
 
 def _simulation(cfg: GPT4Config, micro_batch: int, seq_len: int, precision: str, ac: bool, ac_every: int,
-                param_dtype: torch.dtype | None, dense_bias: bool) -> Simulation:
-    key = (cfg, micro_batch, seq_len, precision, ac, ac_every if ac else 0, param_dtype, dense_bias)
+                param_dtype: torch.dtype | None, dense_bias: bool, document_mask: bool) -> Simulation:
+    key = (cfg, micro_batch, seq_len, precision, ac, ac_every if ac else 0, param_dtype, dense_bias, document_mask)
     if key not in _SIM_CACHE:
         _SIM_CACHE.clear()  # one at a time: a simulation holds per-op series
-        _SIM_CACHE[key] = simulate(cfg, micro_batch, seq_len, precision, ac, ac_every, param_dtype, dense_bias)
+        _SIM_CACHE[key] = simulate(cfg, micro_batch, seq_len, precision, ac, ac_every, param_dtype, dense_bias,
+                                   document_mask)
     return _SIM_CACHE[key]
 
 
@@ -115,7 +116,8 @@ def plan_memory(cfg: GPT4Config, *, exact: bool = False, **step: Any) -> MemoryP
     step: strategy: "single" (one process), "ddp" or "fsdp" (FSDP2 as `parallelize.apply_fsdp` applies it);
     world_size; precision: fp32 | bf16_mixed | bf16_true (Lightning's spellings too); micro_batch; seq_len;
     activation_checkpointing, ac_every; param_dtype / reduce_dtype / reshard_after_forward: the `parallel`
-    config keys (FSDP2 only); device: "cpu" or "cuda" (the attention kernel and AdamW's implementation differ).
+    config keys (FSDP2 only); device: "cpu" or "cuda" (the attention kernel and AdamW's implementation differ);
+    document_mask: `data.document_mask` (on CPU its dense per-batch `(b, 1, n, n)` mask; CUDA's block mask is small).
 
     The decoder blocks are identical (with `ac_every=k`: identical runs of k), so every quantity of the plan is
     linear in the depth away from the ends: unless `exact`, the step is simulated at depths 3k, 4k and 5k and,
@@ -150,7 +152,8 @@ def plan_memory(cfg: GPT4Config, *, exact: bool = False, **step: Any) -> MemoryP
 def _plan_simulated(cfg: GPT4Config, *, strategy: str = "single", world_size: int = 1, precision: str = "fp32",
                     micro_batch: int, seq_len: int, activation_checkpointing: bool = False, ac_every: int = 1,
                     param_dtype: str | None = None, reduce_dtype: str | None = None,
-                    reshard_after_forward: bool = True, device: str = "cpu") -> MemoryPlan:
+                    reshard_after_forward: bool = True, device: str = "cpu",
+                    document_mask: bool = False) -> MemoryPlan:
     """`plan_memory` with every block simulated.
 
     Long on purpose: the phases (forward, backward, optimizer step) are summed from the same per-group
@@ -186,7 +189,8 @@ def _plan_simulated(cfg: GPT4Config, *, strategy: str = "single", world_size: in
     opt_temp = params if device == "cuda" else 2 * largest_local * ob  # foreach on CUDA, single-tensor on CPU
 
     sim = _simulation(cfg, micro_batch, seq_len, precision, activation_checkpointing, ac_every,
-                      compute_dtype if fsdp and param_dtype else None, dense_bias=device == "cpu")
+                      compute_dtype if fsdp and param_dtype else None, dense_bias=device == "cpu",
+                      document_mask=document_mask)
     fe = sim.forward_end
     buckets = grads_total if strategy == "ddp" else 0
 

@@ -116,7 +116,8 @@ def _default_dtype(dtype: torch.dtype):
 
 def simulate(cfg: GPT4Config, micro_batch: int, seq_len: int, precision: str = "fp32",
              activation_checkpointing: bool = False, ac_every: int = 1,
-             param_dtype: torch.dtype | None = None, dense_bias: bool = True) -> Simulation:
+             param_dtype: torch.dtype | None = None, dense_bias: bool = True,
+             document_mask: bool = False) -> Simulation:
     """Run forward + loss + backward of `GPT4.from_config(cfg)` on fake CPU tensors of shape
     `(micro_batch, seq_len + 1)` and follow every storage (see `Simulation`).
 
@@ -193,7 +194,10 @@ def simulate(cfg: GPT4Config, micro_batch: int, seq_len: int, precision: str = "
             tracker.add(StorageWeakRef(bias.untyped_storage()), bias.untyped_storage().nbytes())
         with tracker.mode:
             with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-                loss = model.loss(tokens)
+                # document masking's dense per-batch mask (its shape, not the ids, sets its size); CUDA's
+                # FlexAttention block mask is (n / 128)^2 per batch: nothing to count
+                documents = torch.zeros_like(tokens, dtype=torch.int32) if document_mask and dense_bias else None
+                loss = model.loss(tokens, documents)
             tracker.prune()  # what the forward freed on its way out (the logits), then a boundary sample
             forward_end = tracker.ops
             tracker.ops += 1

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GPT4Config
+from .init import init_linear_
 from .kernels import AttentionBias, AttentionKernel
 from .kv_cache import KVCache
 from .positional import RotaryTables, apply_rotary
@@ -67,8 +66,8 @@ class Attention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.to_qkv.weight, std=0.02)
-        nn.init.normal_(self.to_out.weight, std=0.02 / math.sqrt(2 * self.depth))
+        init_linear_(self.to_qkv)
+        init_linear_(self.to_out, residual_depth=self.depth)
 
     def forward(self, x: Tensor, rotary: RotaryTables | None, bias: AttentionBias, kernel: AttentionKernel,
                 cache: KVCache | None = None) -> Tensor:
@@ -88,6 +87,9 @@ class Attention(nn.Module):
             k = apply_rotary(k, rotary.k_cos, rotary.k_sin)
         elif self.qk_norm is None:
             q = q * d**-0.5
+        # qk-norm gains and rotary tables are fp32 (parameters/buffers): under autocast q and k come out fp32
+        # beside a bf16 v; every kernel gets the matmuls' dtype (FlexAttention requires one dtype for all three)
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (b, kvh, cached + n, d)
 

@@ -34,17 +34,18 @@ class AutoregressiveWrapper(nn.Module):
         self.net = net
         self.ignore_index = ignore_index
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """`(b, n)` -> logits `(b, n, num_tokens)`."""
-        return self.net(tokens)
+    def forward(self, tokens: Tensor, documents: Tensor | None = None) -> Tensor:
+        """`(b, n)` -> logits `(b, n, num_tokens)`; `documents` `(b, n)`: document masking (see `Decoder`)."""
+        return self.net(tokens, documents=documents)
 
-    def loss(self, tokens: Tensor) -> Tensor:
+    def loss(self, tokens: Tensor, documents: Tensor | None = None) -> Tensor:
         """Mean cross-entropy of predicting `tokens[:, 1:]` from `tokens[:, :-1]`. `(b, n + 1)` -> scalar.
-        Targets equal to `ignore_index` do not count."""
+        Targets equal to `ignore_index` do not count. `documents` `(b, n + 1)`, aligned with `tokens`: each
+        input attends only within its document."""
         if isinstance(tokens, Tensor) and tokens.ndim == 2 and tokens.shape[1] < 2:
             raise ValueError(
                 f"loss needs windows of >= 2 tokens (inputs + next-token targets), got {tuple(tokens.shape)}")
-        logits = self.net(tokens[:, :-1])
+        logits = self.net(tokens[:, :-1], documents=documents[:, :-1] if documents is not None else None)
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=self.ignore_index)
 
     @torch.no_grad()

@@ -72,17 +72,20 @@ class Decoder(nn.Module):
         return kernel if kernel.cached or q_len == k_len else SDPA
 
     def attention_bias(self, kernel: AttentionKernel, q_len: int, k_len: int, device: torch.device,
-                       dtype: torch.dtype) -> AttentionBias:
+                       dtype: torch.dtype, documents: Tensor | None = None) -> AttentionBias:
         alibi = self.alibi
         return kernel.bias(alibi.dense_bias if alibi is not None else None,
-                           alibi.slopes if alibi is not None else None, q_len, k_len, device, dtype)
+                           alibi.slopes if alibi is not None else None, q_len, k_len, device, dtype, documents)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # (b, n, dim) -> (b, n, dim)
+    def forward(self, x: Tensor, cache: KVCache | None = None, documents: Tensor | None = None) -> Tensor:
+        """`(b, n, dim) -> (b, n, dim)`. `documents` `(b, n)`: each position's document id (document masking:
+        attention stays within a document). Positions are not restarted per document: ALiBi and rotary-xPos
+        depend on i - j alone, so a document's scores are the same wherever it starts in the window."""
         n = x.shape[1]
         offset = cache.length if cache is not None else 0
         dtype = compute_dtype(x.device, x.dtype)
         kernel = self.kernel_for(x.device, n, offset + n)
-        bias = self.attention_bias(kernel, n, offset + n, x.device, dtype)
+        bias = self.attention_bias(kernel, n, offset + n, x.device, dtype, documents)
         rotary = self.rotary(offset, n, self.rotary_q_multiplier) if self.rotary is not None else None
         for block in self.blocks:
             x = block(x, rotary, bias, kernel, cache)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import init_embedding_
+
 
 class TokenEmbedding(nn.Module):
     """Token id -> vector. `(b, n)` int64 -> `(b, n, dim)`."""
@@ -16,7 +18,7 @@ class TokenEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, std=0.02)
+        init_embedding_(self.weight)  # std 1 / sqrt(dim): model/init.py
 
     def forward(self, tokens: Tensor) -> Tensor:
         return F.embedding(tokens, self.weight)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .init import init_linear_
 
 
 class FeedForward(nn.Module):
@@ -19,11 +19,8 @@ class FeedForward(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.proj_in.weight, std=0.02)
-        # residual-branch output: scaled down with depth (GPT-2) so the stream's variance stays ~1
-        nn.init.normal_(self.proj_out.weight, std=0.02 / math.sqrt(2 * self.depth))
-        nn.init.zeros_(self.proj_in.bias)
-        nn.init.zeros_(self.proj_out.bias)
+        init_linear_(self.proj_in)
+        init_linear_(self.proj_out, residual_depth=self.depth)  # a residual branch's output (model/init.py)
 
     def forward(self, x: Tensor) -> Tensor:  # (b, n, dim) -> (b, n, dim)
         return self.proj_out(F.gelu(self.proj_in(x)))

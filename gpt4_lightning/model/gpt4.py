@@ -178,12 +178,12 @@ class GPT4(AutoregressiveWrapper):
         self.net.init_weights(seed)
 
     @_log_failure("forward")
-    def forward(self, tokens: Tensor) -> Tensor:
-        return super().forward(tokens)
+    def forward(self, tokens: Tensor, documents: Tensor | None = None) -> Tensor:
+        return super().forward(tokens, documents)
 
     @_log_failure("loss")
-    def loss(self, tokens: Tensor) -> Tensor:
-        return super().loss(tokens)
+    def loss(self, tokens: Tensor, documents: Tensor | None = None) -> Tensor:
+        return super().loss(tokens, documents)
 
     @_log_failure("generate")
     def generate(self, prompt: Tensor, max_new_tokens: int, **sampling: Any) -> Tensor:

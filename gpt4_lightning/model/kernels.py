@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +25,42 @@ from torch import Tensor
 class AttentionBias(NamedTuple):
     """What a kernel needs to know about positions, built once per forward by the decoder.
 
-    dense: additive bias `(1, h or 1, q_len, k_len)` with the causal mask folded in (-inf);
-        None means plain causal attention (q_len == k_len), for SDPA's `is_causal` fast path.
+    dense: additive bias `(1, h or 1, q_len, k_len)` with the causal mask folded in (-inf); with document
+        masking `(b, h or 1, q_len, k_len)`, -inf also between documents. None means plain causal attention
+        (q_len == k_len), for SDPA's `is_causal` fast path.
     slopes: ALiBi slopes `(h,)` (0 for heads without ALiBi), for the FlexAttention path.
+    block_mask: FlexAttention's block mask for this batch (document masking: causal within each document);
+        None: the cached causal one.
     """
 
     dense: Tensor | None
     slopes: Tensor | None
+    block_mask: Any = None
+
+
+def document_ids(tokens: Tensor, eos_id: int) -> Tensor:
+    """`(b, n)` token ids -> `(b, n)` int32 document index within each window: windows are EOS-separated
+    documents, and an EOS opens the document after it (it plays BOS: the first token of a document is
+    predicted from the EOS alone, as generation after an EOS does)."""
+    return (tokens == eos_id).cumsum(dim=1, dtype=torch.int32)
+
+
+def document_bias(documents: Tensor, dtype: torch.dtype) -> Tensor:
+    """`(b, n)` document ids -> `(b, 1, n, n)` additive bias: 0 within a document, -inf across."""
+    same = documents[:, None, :, None] == documents[:, None, None, :]
+    return torch.zeros(same.shape, device=documents.device, dtype=dtype).masked_fill(~same, float("-inf"))
+
+
+def document_block_mask(documents: Tensor) -> Any:
+    """FlexAttention block mask of causal attention within each document of each window `(b, n)`: built per
+    batch from the ids (O(b·n) memory plus the blocks' bitmap, nothing n×n)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def causal_in_document(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (documents[b, q_idx] == documents[b, kv_idx])
+
+    b, n = documents.shape
+    return create_block_mask(causal_in_document, B=b, H=None, Q_LEN=n, KV_LEN=n, device=documents.device)
 
 
 def causal_bias(q_len: int, k_len: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -102,7 +131,7 @@ def flex_attention_causal(q: Tensor, k: Tensor, v: Tensor, bias: AttentionBias) 
         def score_mod(score, b, h, q_idx, kv_idx):
             return score - slopes[h] * (q_idx - kv_idx)
 
-    block_mask = _causal_block_mask(q.shape[-2], str(q.device))
+    block_mask = bias.block_mask if bias.block_mask is not None else _causal_block_mask(q.shape[-2], str(q.device))
     return _flex_kernel(q.device.type)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
                                        enable_gqa=k.shape[1] != q.shape[1])
 
@@ -125,9 +154,17 @@ class AttentionKernel:
     cached: bool = True
 
     def bias(self, alibi_dense: Callable[[int, int, torch.dtype], Tensor] | None, slopes: Tensor | None,
-             q_len: int, k_len: int, device: torch.device, dtype: torch.dtype) -> AttentionBias:
+             q_len: int, k_len: int, device: torch.device, dtype: torch.dtype,
+             documents: Tensor | None = None) -> AttentionBias:
         """The bias for `q_len` queries over `k_len` keys: `alibi_dense(q_len, k_len, dtype)` builds (or returns
-        the cached) dense ALiBi + causal bias, `slopes` are the ALiBi slopes; both None without ALiBi."""
+        the cached) dense ALiBi + causal bias, `slopes` are the ALiBi slopes; both None without ALiBi.
+        `documents` `(b, q_len)` (q_len == k_len): mask attention across documents too."""
+        if documents is not None:
+            if self.dense_mask or self.dense_alibi:  # the per-batch mask joins the dense bias
+                dense = (alibi_dense(q_len, k_len, dtype) if alibi_dense is not None
+                         else causal_bias(q_len, k_len, device, dtype))
+                return AttentionBias(dense + document_bias(documents, dtype), slopes)
+            return AttentionBias(None, slopes, document_block_mask(documents))
         if alibi_dense is not None and self.dense_alibi:
             return AttentionBias(alibi_dense(q_len, k_len, dtype), None)
         if self.dense_mask or q_len != k_len:

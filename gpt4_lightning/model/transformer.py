@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .config import GPT4Config
 from .decoder import Decoder
 from .embedding import AbsolutePositionalEmbedding, TokenEmbedding
+from .init import init_linear_
 from .kv_cache import KVCache
 
 
@@ -62,7 +63,7 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.to_logits.weight, std=0.02)
+        init_linear_(self.to_logits)
 
     def init_weights(self, seed: int | None = None) -> None:
         """(Re-)initialise every parameter and buffer, e.g. after building on the meta device and
@@ -93,11 +94,15 @@ class Transformer(nn.Module):
                 module.to_empty(device=device, recurse=False)
                 module.reset_parameters()
 
-    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, cache: KVCache | None = None, documents: Tensor | None = None) -> Tensor:
+        """`documents` `(b, n)`: document ids (`kernels.document_ids`) for document masking; not with a cache."""
         offset = cache.length if cache is not None else 0
         check_tokens(tokens, self.cfg, offset, values=self.check_token_values)
+        if documents is not None and (cache is not None or documents.shape != tokens.shape):
+            raise ValueError(f"documents must have the tokens' shape {tuple(tokens.shape)} and no KV cache, got "
+                             f"{tuple(documents.shape)}{' with a cache' if cache is not None else ''}")
         x = self.token_emb(tokens)  # (b, n, dim)
         if self.abs_pos_emb is not None:
             x = x + self.abs_pos_emb(offset, tokens.shape[1])
-        x = self.decoder(x, cache)
+        x = self.decoder(x, cache, documents)
         return self.to_logits(x)  # (b, n, num_tokens)

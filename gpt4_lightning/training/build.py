@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from ..config import TrainConfig, to_typed
 from ..data.mixture import Source
@@ -35,6 +35,7 @@ def check_run(cfg: DictConfig, ckpt_path: str | None, here: bool = True) -> Trai
     `here=False` for jobs another machine runs."""
     run: TrainConfig = to_typed(cfg)  # the range checks of every group
     check_trainer(cfg.trainer, here=here)
+    check_logger_installed(cfg.trainer.get("logger"))
     if ckpt_path is not None:
         from ..checkpoint.load import check_resumable
 
@@ -44,6 +45,24 @@ def check_run(cfg: DictConfig, ckpt_path: str | None, here: bool = True) -> Trai
     if here or run.preflight_memory_gib is not None:
         check_memory(run, cfg.trainer, run.preflight, run.preflight_memory_gib)
     return run
+
+
+# what a logger needs that the base install may lack: its Python module, and the extra that installs it
+LOGGER_NEEDS = {"TensorBoardLogger": ("tensorboard", "tensorboard"), "WandbLogger": ("wandb", "")}
+
+
+def check_logger_installed(logger: Any) -> None:
+    """`logger=tensorboard` without tensorboard fails here, naming the extra, not in Lightning after the data is
+    prepared (a module is looked up, not imported: no cost)."""
+    import importlib.util
+
+    for node in logger if isinstance(logger, (list, ListConfig)) else [logger]:
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        module, extra = LOGGER_NEEDS.get(target.rsplit(".", 1)[-1], (None, ""))
+        if module is not None and importlib.util.find_spec(module) is None:
+            fix = f"pip install -e '.[{extra}]' (or '.[dev]')" if extra else f"pip install {module}"
+            raise ValueError(f"{target.rsplit('.', 1)[-1]} needs {module}, which this install lacks; {fix}, or "
+                             "pick another logger (logger=csv)")
 
 
 def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
@@ -64,9 +83,41 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
     module = GPT4LitModule(model=run.model, optimizer=instantiate(cfg.optim), scheduler=instantiate(cfg.scheduler),
                            data_dir=str(datamodule.data_dir), parallel=parallel, init_seed=run.seed,
                            data_sources=[{"name": s.name, "dir": str(s.dir), "weight": s.weight}
-                                         for s in datamodule.sources] or None)
-    trainer = instantiate(cfg.trainer, **timed_strategy(cfg.trainer, run.collective_timeout_s))
+                                         for s in datamodule.sources] or None,
+                           document_mask=run.data.document_mask)
+    trainer = instantiate(cfg.trainer, **timed_strategy(cfg.trainer, run.collective_timeout_s),
+                          **progress_bar(cfg.trainer))
+    keep_csv_history(trainer)
     return module, datamodule, trainer
+
+
+def progress_bar(trainer: DictConfig) -> dict[str, Any]:
+    """`{"callbacks": [..., a progress bar refreshed every log_every_n_steps steps]}` where the trainer shows one,
+    else {}. Lightning's default bar reads the logged loss back from the device at every refresh, every step:
+    a host-device sync per step for a number the eye cannot follow. TQDM's bar reads them only when it refreshes
+    (Rich's reads them every step whatever its refresh rate)."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+    if not trainer.get("enable_progress_bar", True):
+        return {}
+    callbacks = list(instantiate(trainer.get("callbacks")) or [])  # handed on: built once
+    if not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TQDMProgressBar(refresh_rate=int(trainer.get("log_every_n_steps") or 1)))
+    return {"callbacks": callbacks}
+
+
+def keep_csv_history(trainer: L.Trainer) -> None:
+    """Every logger (tensorboard, wandb) gets `logs/metrics.csv` in the run directory beside it, as `logger=csv`
+    writes: the history the run's report reads (`reporting`), whichever logger the user picked. `logger=none`
+    keeps none."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .loggers import ResumableCSVLogger
+
+    if trainer.loggers and not any(isinstance(lg, ResumableCSVLogger) for lg in trainer.loggers):
+        run_dir = HydraConfig.get().runtime.output_dir
+        trainer.loggers = [*trainer.loggers, ResumableCSVLogger(save_dir=run_dir, name="logs", version="")]
 
 
 # a collective waits this long for a hung peer before the run ends (Lightning's default: 30 minutes)

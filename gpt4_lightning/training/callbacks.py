@@ -162,3 +162,23 @@ class MixtureProgress(L.Callback):
             self._epochs[name] = epoch
         if metrics:
             pl_module.log_dict(metrics, rank_zero_only=True)
+
+
+# --- data statistics -----------------------------------------------------------------------------
+
+class DataStatistics(L.Callback):
+    """At the start of training (rank 0, once per launch): `data/unigram_entropy`, the loss of a model that knows
+    only token frequencies, from a bounded sample of the train split (`data.stats`): the reference line of the
+    run's report. Written straight to the loggers at the current step (the `log` API has no step for this hook)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if not trainer.is_global_zero or not trainer.loggers or datamodule is None:
+            return
+        from ..data.stats import unigram_entropy
+
+        sources = [(s.dir, s.weight) for s in getattr(datamodule, "sources", [])] or [(datamodule.data_dir, 1.0)]
+        entropy = unigram_entropy(sources)
+        if entropy is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({"data/unigram_entropy": entropy}, step=trainer.global_step)

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .schedule import check_schedule, lr_multiplier
+
 FSDP_DTYPES = ("fp32", "bf16", "fp16")
 NONFINITE_MODES = ("skip", "stop")  # training.nonfinite.NonFiniteGuard
 PREFLIGHT_MODES = ("error", "warn", "off")  # training.preflight.check_memory
@@ -65,6 +67,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     weight_decay: float = 0.1
+    # one kernel per parameter group, and it skips a non-finite step on the device (`nonfinite.NonFiniteGuard`)
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -79,23 +83,25 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    """`scheduler`: the lr multiplier per optimizer step, linear warmup then cosine to `min_lr_ratio` at
-    `total_steps` (`training.optim.warmup_cosine`). `scheduler=constant` is the same with no warmup and
-    `min_lr_ratio=1`: optim.lr throughout."""
+    """`scheduler`: the lr multiplier per optimizer step (`training.optim.lr_multiplier`): linear warmup, then
+    a decay to `min_lr_ratio` that ends at `total_steps`. warmup_cosine: cosine over every step after the
+    warmup (`decay_fraction` null); wsd: constant, then `decay_shape` over the last `decay_fraction` of the
+    steps; constant: no warmup and `min_lr_ratio=1` (optim.lr throughout)."""
 
-    _target_: str = "gpt4_lightning.training.optim.warmup_cosine_scheduler"
+    _target_: str = "gpt4_lightning.training.optim.lr_scheduler"
     _partial_: bool = True
     warmup_steps: int = 0
     total_steps: int = "${trainer.max_steps}"  # type: ignore[assignment]  # an interpolation until resolved
     min_lr_ratio: float = 1.0
+    decay_fraction: float | None = None
+    decay_shape: str = "cosine"  # one of optim.DECAY_SHAPES
 
     def __post_init__(self) -> None:
-        if self.warmup_steps < 0:
-            raise ValueError(f"scheduler.warmup_steps={self.warmup_steps} must be >= 0")
-        if isinstance(self.total_steps, int) and self.total_steps < 1:  # (a str: the schema's own interpolation)
-            raise ValueError(f"scheduler.total_steps={self.total_steps} must be >= 1")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"scheduler.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if isinstance(self.total_steps, int):  # every check of the curve, the fraction against the steps too
+            lr_multiplier(self.warmup_steps, self.total_steps, self.min_lr_ratio, self.decay_fraction,
+                          self.decay_shape)
+        else:  # still the schema's own interpolation
+            check_schedule(self.warmup_steps, self.min_lr_ratio, self.decay_shape)
 
 
 @dataclass

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     import torch
 
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+# set by a launcher that starts processes on several nodes: srun, torchrun, or by hand for Lightning's own
+LAUNCHER_VARIABLES = ("SLURM_NTASKS", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "NODE_RANK", "MASTER_ADDR")
 
 
 def is_global_rank_zero() -> bool:
@@ -110,6 +112,12 @@ def check_trainer(trainer: DictConfig, here: bool = True) -> None:
             raise ValueError(f"trainer.devices={trainer.devices} with trainer.accelerator={accelerator} would start "
                              f"{found[0]} processes on the {cpus} CPU cores of this machine; lower trainer.devices to "
                              f"<= {cpus}")
+
+    nodes = int(trainer.get("num_nodes", 1))
+    if here and nodes > 1 and not any(v in os.environ for v in LAUNCHER_VARIABLES):
+        raise ValueError(f"trainer.num_nodes={nodes} but no launcher started this process (no srun, torchrun or "
+                         "NODE_RANK/MASTER_ADDR): it would wait for the other nodes forever; submit "
+                         "launch/slurm/train.sbatch (srun on every node), or run on one node with trainer.num_nodes=1")
 
     precision = trainer.get("precision")
     if precision is not None and str(precision) not in LIGHTNING_PRECISIONS:

@@ -1,4 +1,5 @@
-"""A CSV logger that keeps a run's history when the run is resumed.
+"""Loggers: a CSV logger that keeps a run's history when the run is resumed; Lightning's wandb logger without
+an obsolete argument.
 
 Lightning's `CSVLogger` deletes `metrics.csv` when a new run starts in the same log directory, so
 `ckpt_path=last` (or a requeued Slurm job) would lose every row logged before the resume. This one
@@ -9,8 +10,10 @@ resume from an earlier checkpoint) appear twice; the later row is the resumed ru
 from __future__ import annotations
 
 import csv
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -30,3 +33,13 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's `WandbLogger`, minus the `anonymous=None` it always hands to `wandb.init`: wandb deprecated the
+    setting and warns on every run that it has no effect, whatever its value."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)

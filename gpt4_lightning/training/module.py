@@ -7,6 +7,7 @@ belong to `gpt4_lightning.checkpoint.format`, and parallelism is applied from ou
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +19,12 @@ from torchmetrics.aggregation import MeanMetric
 
 from ..checkpoint import format as checkpoint_format
 from ..model import GPT4, GPT4Config
+from ..model.kernels import document_ids
 from .config import ParallelConfig
 from .optim import weight_decay_groups
 from .parallelize import init_sharded_weights, parallelize
+
+logger = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -34,19 +38,22 @@ class GPT4LitModule(L.LightningModule):
     `optimizer` / `scheduler` are factories (Hydra `_partial_`): parameter groups -> optimizer,
     optimizer -> per-step scheduler. `data_dir` is recorded in checkpoints (its manifest names the
     tokenizer), and a mixture's `data_sources` ({name, dir, weight} each); `init_seed` seeds the weights per
-    module, so 1 process, DDP and FSDP2 start identical.
+    module, so 1 process, DDP and FSDP2 start identical. `document_mask`: each token attends only within its
+    document (the EOS-separated documents a window concatenates; `eos_id`, default the data manifest's).
     """
 
     def __init__(self, model: GPT4Config | dict[str, Any], optimizer: OptimizerFactory,
                  scheduler: SchedulerFactory | None = None, data_dir: str | None = None,
                  parallel: ParallelConfig | None = None, init_seed: int | None = None,
-                 data_sources: list[dict[str, Any]] | None = None) -> None:
+                 data_sources: list[dict[str, Any]] | None = None, document_mask: bool = False,
+                 eos_id: int | None = None) -> None:
         super().__init__()
         self.model_config = model if isinstance(model, GPT4Config) else GPT4Config.from_kwargs(**model)
         self.parallel = parallel or ParallelConfig()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.data_dir, self.init_seed, self.data_sources = data_dir, init_seed, data_sources
         self.model: GPT4 | None = None
+        self.document_mask, self.eos_id = document_mask, eos_id
         self.val_losses = torch.nn.ModuleList([MeanMetric()])  # one per val loader (a mixture: one per source)
 
     def configure_model(self) -> None:
@@ -69,8 +76,29 @@ class GPT4LitModule(L.LightningModule):
                 init_sharded_weights(model, self.init_seed)
         self.model = model
 
+    def setup(self, stage: str) -> None:
+        if self.document_mask and self.eos_id is None:  # the DataModule has opened its manifest by now
+            manifest = getattr(getattr(self.trainer, "datamodule", None), "manifest", None)
+            if manifest is None:
+                raise ValueError("data.document_mask=true needs the EOS id: train with the GPT4DataModule (its "
+                                 "manifest has it) or pass eos_id")
+            self.eos_id = manifest.eos_id
+        if self.document_mask:
+            logger.info("document masking on: a token attends only within its document (EOS id %d)", self.eos_id)
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if getattr(datamodule, "checks_token_ids", False) and datamodule.max_token_id <= self.model_config.num_tokens:
+            # the DataModule checks each batch's ids on the host (`on_before_batch_transfer`): forward's check
+            # would read them back from the device, a host-device sync every step
+            self.model.checks_token_values = False
+
+    def documents(self, batch: Tensor) -> Tensor | None:
+        """`(b, n + 1)` windows -> their document ids with document masking, else None."""
+        return document_ids(batch, self.eos_id) if self.document_mask else None
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss = self.model.loss(batch)
+        loss = self.model.loss(batch, self.documents(batch))
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # mean over ranks: the global batch's loss
         self.log("train/ppl", torch.exp(loss.detach().clamp(max=30)))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # also with logger=none (no LR monitor)
@@ -79,7 +107,7 @@ class GPT4LitModule(L.LightningModule):
     def validation_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
         while len(self.val_losses) <= dataloader_idx:
             self.val_losses.append(MeanMetric().to(self.device))
-        self.val_losses[dataloader_idx].update(self.model.loss(batch), weight=batch.shape[0])
+        self.val_losses[dataloader_idx].update(self.model.loss(batch, self.documents(batch)), weight=batch.shape[0])
 
     def on_validation_epoch_end(self) -> None:
         """`val/loss`; for a mixture also `val/<source>/loss` per source and `val/loss` their weighted mean."""

@@ -1,15 +1,14 @@
-"""AdamW parameter groups and the warmup + cosine learning-rate schedule."""
+"""AdamW parameter groups and the learning-rate schedule (warmup, then cosine; or warmup-stable-decay)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..model.embedding import AbsolutePositionalEmbedding, TokenEmbedding
+from .schedule import lr_multiplier
 
 DECAYED_MODULES = (nn.Linear, TokenEmbedding, AbsolutePositionalEmbedding)
 
@@ -31,23 +30,10 @@ def weight_decay_groups(model: nn.Module) -> list[dict[str, Any]]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
-    """Multiplier of the peak lr at optimizer step `step`: linear from 1/warmup to 1 over
-    `warmup_steps`, then cosine down to `min_lr_ratio` at `total_steps`, flat after."""
-    if warmup_steps < 0 or total_steps < 1 or not 0 <= min_lr_ratio <= 1:
-        raise ValueError(f"scheduler needs warmup_steps >= 0, total_steps >= 1 and min_lr_ratio in [0, 1], got "
-                         f"{warmup_steps}, {total_steps}, {min_lr_ratio}")
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return multiplier
-
-
-def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                            min_lr_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
-    """`LambdaLR` over `warmup_cosine` (stepped every optimizer step); Hydra builds it with `_partial_`."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps, min_lr_ratio))
+def lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1,
+                 decay_fraction: float | None = None, decay_shape: str = "cosine") -> torch.optim.lr_scheduler.LambdaLR:
+    """`LambdaLR` over `lr_multiplier` (stepped every optimizer step); Hydra builds it with `_partial_`. Its state
+    is the step count alone, so a resumed run may change the schedule's keys (e.g. decay a stable-phase
+    checkpoint: a new `trainer.max_steps` and `scheduler.decay_fraction`)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(warmup_steps, total_steps, min_lr_ratio, decay_fraction, decay_shape))

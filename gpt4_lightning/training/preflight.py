@@ -46,6 +46,7 @@ class RunShape:
     seq_len: int
     parallel: ParallelConfig
     device: str  # cpu | cuda
+    document_mask: bool = False
 
     @property
     def world(self) -> int:
@@ -59,7 +60,7 @@ class RunShape:
         return plan_memory(self.model, strategy=strategy, world_size=self.world, precision=self.precision,
                            micro_batch=self.micro_batch, seq_len=self.seq_len,
                            activation_checkpointing=parallel.activation_checkpointing, ac_every=parallel.ac_every,
-                           device=self.device, **sharded)
+                           device=self.device, document_mask=self.document_mask, **sharded)
 
     def upper_bound(self) -> int:
         """Bytes per rank no plan of this shape exceeds, from the config alone (no model, no simulation):
@@ -83,7 +84,7 @@ def run_shape(run, trainer: DictConfig, gpus: int) -> RunShape:
     return RunShape(model=run.model, fsdp=uses_fsdp(trainer), devices=devices,
                     num_nodes=int(trainer.get("num_nodes", 1)), precision=str(trainer.get("precision", "32-true")),
                     micro_batch=run.data.batch_size, seq_len=run.data.seq_len, parallel=run.parallel,
-                    device="cuda" if cuda else "cpu")
+                    device="cuda" if cuda else "cpu", document_mask=run.data.document_mask)
 
 
 def gib(nbytes: float) -> str:

@@ -1,7 +1,9 @@
 """A graceful stop on a signal: finish this optimizer step, checkpoint, stop.
 
 The signal handler only records the signal; at the end of each step the ranks agree (all-reduce of max) so
-that all of them stop after the same step, however the signal reached them. Under Slurm, rank 0 then
+that all of them stop after the same step, however the signal reached them. The flag is a host tensor reduced
+over gloo (a CPU group beside NCCL on GPUs), so agreeing costs a host round-trip but never waits for the
+device; one process reads its flag without any collective. Under Slurm, rank 0 then
 requeues the job on SIGUSR1 (Slurm's `--signal=USR1@…` before the time limit or a preemption), and the
 requeued job resumes with `ckpt_path=auto`. Another callback can ask for the same checkpoint-and-stop
 through a true `stop_requested` attribute (the non-finite guard does).
@@ -39,6 +41,7 @@ class GracefulStop(L.Callback):
         self.checkpoint: Path | None = None
         self._previous: dict[int, Any] = {}
         self._steps = OptimizerSteps()
+        self._group: Any = None  # the process group the flag is reduced over (gloo); None: one process
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum  # nothing else is safe in a signal handler
@@ -47,16 +50,23 @@ class GracefulStop(L.Callback):
         # after Lightning's own handlers are in place (its SIGTERM handler would stop without a checkpoint)
         self._steps.start(trainer)
         self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1 and self._group is None:
+            if dist.get_backend() == "gloo":
+                self._group = dist.group.WORLD
+            else:  # every rank makes it here, in the same order: a collective
+                timeout = getattr(trainer.strategy, "_timeout", None)  # collective_timeout_s (training.build)
+                self._group = dist.new_group(backend="gloo", **({"timeout": timeout} if timeout else {}))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not self._steps.stepped(trainer):
             return
         requested = any(getattr(c, "stop_requested", False) for c in trainer.callbacks)
-        wanted = torch.tensor([self.received, int(requested)], device=pl_module.device)
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            dist.all_reduce(wanted, op=dist.ReduceOp.MAX)  # every rank stops after the same step
-        signum, requested = (int(v) for v in wanted.tolist())
+        signum = self.received
+        if self._group is not None:
+            wanted = torch.tensor([signum, int(requested)])  # host memory: no device sync
+            dist.all_reduce(wanted, op=dist.ReduceOp.MAX, group=self._group)  # every rank stops after this step
+            signum, requested = (int(v) for v in wanted.tolist())
         if not (signum or requested):
             return
         if signum:
