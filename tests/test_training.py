@@ -130,3 +130,39 @@ def test_token_ids_are_checked_on_the_host_not_read_back_in_forward(tmp_path):
     assert 0 < trainer.global_step < 12  # steps ran until the damaged window's batch
     assert module.model.checks_token_values is False
 
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed", "32-true"])
+def test_gradients_are_clipped_with_the_fused_optimizer_at_every_precision(tmp_path, precision):
+    """`optim.fused: true` with `gradient_clip_val`: Lightning's mixed-precision plugin refuses to clip for a fused
+    optimizer (also under bf16-mixed, where nothing is scaled), so the module clips itself; under 16-mixed (a
+    GradScaler) the optimizer is built unfused so that clipping sees unscaled gradients. The gradients the step
+    used (still there after it) have norm <= the clip value."""
+    import functools
+
+    import lightning as L
+
+    from gpt4_lightning import GPT4Config
+    from gpt4_lightning.training.module import GPT4LitModule
+
+    clip = 1e-3
+    norms = []
+
+    class GradNormAfterStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            norms.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    tokens = torch.randint(0, TINY["num_tokens"], (16, 17))
+    loader = torch.utils.data.DataLoader(tokens, batch_size=4)
+    module = GPT4LitModule(GPT4Config(**TINY), optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, fused=True))
+    from lightning.pytorch.plugins import MixedPrecision
+    # 16-mixed is refused on CPU by name (Lightning switches to bf16): its plugin, with a CPU GradScaler
+    amp = {"16-mixed": {"plugins": [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))]}}
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", gradient_clip_val=clip, logger=False,
+                        **amp.get(precision, {"precision": precision}),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[GradNormAfterStep()], default_root_dir=tmp_path)
+    trainer.fit(module, loader)
+    assert len(norms) == 3 and max(norms) <= clip * 1.01, norms
+    fused = trainer.optimizers[0].defaults["fused"]
+    assert fused is (precision != "16-mixed")

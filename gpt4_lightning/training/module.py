@@ -7,6 +7,7 @@ belong to `gpt4_lightning.checkpoint.format`, and parallelism is applied from ou
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -130,11 +131,35 @@ class GPT4LitModule(L.LightningModule):
             self.log("val/ppl", torch.exp(loss.clamp(max=30)))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(weight_decay_groups(self.model))
+        factory = self.optimizer_factory
+        if self.loss_scaler is not None and getattr(factory, "keywords", {}).get("fused"):
+            # a fused step unscales the gradients itself, after clipping: clipping would see scaled ones
+            logger.info("optim.fused=false: trainer.precision=%s scales the loss (GradScaler)", self.trainer.precision)
+            factory = functools.partial(factory, fused=False)
+        optimizer = factory(weight_decay_groups(self.model))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    @property
+    def loss_scaler(self) -> torch.amp.GradScaler | None:
+        """The GradScaler of 16-mixed precision (None for fp32 and bf16)."""
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clips with torch's own functions where there is no loss scaler. Lightning's mixed-precision plugin
+        refuses to clip for any optimizer that could unscale gradients itself (fused AdamW), also under
+        bf16-mixed, where nothing is scaled; with a scaler `configure_optimizers` builds the unfused one and
+        Lightning unscales before this hook."""
+        if not gradient_clip_val or self.loss_scaler is not None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint_format.save_extras(checkpoint, self)
