@@ -64,3 +64,48 @@ def test_a_step_that_does_not_log_reads_nothing_back_from_the_device(workdir, tm
     assert len(quiet) == 8
     assert all(not reads for reads in quiet.values()), {s: dict(r) for s, r in quiet.items() if r}
     assert any(probe.per_step[step] for step in (3, 7, 11))  # the probe sees the reads of a logging step
+
+
+def agree_on_two_ranks(rank: int, init_file: str, rank0_sent_step1, results) -> None:
+    """One rank of the test below: three steps of `GracefulStop.agree`; rank 1 has a SIGTERM at step 1 and sends
+    it only once rank 0's step 1 has returned."""
+    import datetime
+    import signal
+
+    import torch.distributed as dist
+
+    from gpt4_lightning.training.stop import GracefulStop
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
+    stop = GracefulStop()
+    stop._group = dist.new_group(backend="gloo")
+    agreed, waited = [], True
+    for step in range(3):
+        if rank == 1 and step == 1:
+            waited = rank0_sent_step1.wait(timeout=60)
+        agreed.append(stop.agree(int(signal.SIGTERM) if (rank, step) == (1, 1) else 0, 0))
+        if rank == 0 and step == 1:
+            rank0_sent_step1.set()
+    results.put((rank, agreed, waited, stop._pending is None))
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_a_stop_without_waiting_for_each_other_at_the_step(tmp_path):
+    """GracefulStop's per-step agreement is non-blocking: a rank's step returns before the other rank has sent that
+    step's flags (a blocking all-reduce would wait for it: here, forever), and both learn rank 1's signal at the
+    next step, the same step on both; after that stop nothing is left in flight."""
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    event, results = context.Event(), context.Queue()
+    procs = [context.Process(target=agree_on_two_ranks, args=(rank, str(tmp_path / "init"), event, results))
+             for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    got = dict((rank, rest) for rank, *rest in (results.get(timeout=120) for _ in procs))
+    for proc in procs:
+        proc.join(timeout=60)
+    expected = [(0, 0), (0, 0), (int(signal.SIGTERM), 0)]
+    assert got == {0: [expected, True, True], 1: [expected, True, True]}

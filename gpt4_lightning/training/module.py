@@ -150,16 +150,18 @@ class GPT4LitModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        """Clips with torch's own functions where there is no loss scaler. Lightning's mixed-precision plugin
-        refuses to clip for any optimizer that could unscale gradients itself (fused AdamW), also under
-        bf16-mixed, where nothing is scaled; with a scaler `configure_optimizers` builds the unfused one and
-        Lightning unscales before this hook."""
+        """Clips as Lightning's base precision plugin does where there is no loss scaler: its mixed-precision
+        plugin overrides that only to refuse any optimizer that could unscale gradients itself (fused AdamW),
+        also under bf16-mixed, where nothing is scaled. With a scaler `configure_optimizers` builds the unfused
+        optimizer and Lightning unscales before this hook."""
         if not gradient_clip_val or self.loss_scaler is not None:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        elif gradient_clip_algorithm in (None, "norm"):
-            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:  # what the plugin would do, in its parameter order (the norm's sum: bitwise the same)
+            plugin = self.trainer.precision_plugin
+            if gradient_clip_algorithm in (None, "norm"):
+                L.pytorch.plugins.Precision.clip_grad_by_norm(plugin, optimizer, gradient_clip_val)
+            else:
+                L.pytorch.plugins.Precision.clip_grad_by_value(plugin, optimizer, gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint_format.save_extras(checkpoint, self)

@@ -1,9 +1,11 @@
 """A graceful stop on a signal: finish this optimizer step, checkpoint, stop.
 
-The signal handler only records the signal; at the end of each step the ranks agree (all-reduce of max) so
-that all of them stop after the same step, however the signal reached them. The flag is a host tensor reduced
-over gloo (a CPU group beside NCCL on GPUs), so agreeing costs a host round-trip but never waits for the
-device; one process reads its flag without any collective. Under Slurm, rank 0 then
+The signal handler only records the signal; the ranks agree (all-reduce of max) so that all of them stop after
+the same step, however the signal reached them. The flags are a host tensor reduced over a gloo group of their
+own (beside NCCL on GPUs), so agreeing never waits for the device, and the reduction is non-blocking: a step's
+flags go out at its end and are read at the end of the next step, long arrived, so no step waits for the
+slowest rank's round-trip (a ring over 512 ranks is ~1000 hops). A stop thus comes one optimizer step after
+the signal, on every rank the same; one process reads its flag at once. Under Slurm, rank 0 then
 requeues the job on SIGUSR1 (Slurm's `--signal=USR1@…` before the time limit or a preemption), and the
 requeued job resumes with `ckpt_path=auto`. Another callback can ask for the same checkpoint-and-stop
 through a true `stop_requested` attribute (the non-finite guard does).
@@ -42,6 +44,7 @@ class GracefulStop(L.Callback):
         self._previous: dict[int, Any] = {}
         self._steps = OptimizerSteps()
         self._group: Any = None  # the process group the flag is reduced over (gloo); None: one process
+        self._pending: tuple[Any, torch.Tensor] | None = None  # the last step's reduction in flight
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum  # nothing else is safe in a signal handler
@@ -51,11 +54,10 @@ class GracefulStop(L.Callback):
         self._steps.start(trainer)
         self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1 and self._group is None:
-            if dist.get_backend() == "gloo":
-                self._group = dist.group.WORLD
-            else:  # every rank makes it here, in the same order: a collective
-                timeout = getattr(trainer.strategy, "_timeout", None)  # collective_timeout_s (training.build)
-                self._group = dist.new_group(backend="gloo", **({"timeout": timeout} if timeout else {}))
+            # every rank makes it here, in the same order: a collective. Its own group, also over gloo, so
+            # that the reduction in flight never interleaves with the strategy's collectives
+            timeout = getattr(trainer.strategy, "_timeout", None)  # collective_timeout_s (training.build)
+            self._group = dist.new_group(backend="gloo", **({"timeout": timeout} if timeout else {}))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -64,9 +66,7 @@ class GracefulStop(L.Callback):
         requested = any(getattr(c, "stop_requested", False) for c in trainer.callbacks)
         signum = self.received
         if self._group is not None:
-            wanted = torch.tensor([signum, int(requested)])  # host memory: no device sync
-            dist.all_reduce(wanted, op=dist.ReduceOp.MAX, group=self._group)  # every rank stops after this step
-            signum, requested = (int(v) for v in wanted.tolist())
+            signum, requested = self.agree(signum, int(requested))
         if not (signum or requested):
             return
         if signum:
@@ -76,10 +76,31 @@ class GracefulStop(L.Callback):
         self.checkpoint = saver.save(trainer)
         trainer.should_stop = True
 
+    def agree(self, signum: int, requested: int) -> tuple[int, int]:
+        """This step's flags out, the previous step's back (max over ranks; `(0, 0)` at the first step).
+
+        Every rank calls it once per optimizer step, so the k-th reduction is step k's on all of them; a rank
+        waits only for the reduction sent a step ago. After a stop (every rank decides it from the same values)
+        nothing more is sent."""
+        agreed = (0, 0)
+        if self._pending is not None:
+            work, flags = self._pending
+            work.wait()
+            agreed = tuple(int(v) for v in flags.tolist())
+            self._pending = None
+        if not any(agreed):
+            flags = torch.tensor([signum, requested])  # host memory: no device sync
+            self._pending = (dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flags)
+        return agreed
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None:  # the last step's reduction: every rank sent it, so it completes
+            self._pending[0].wait()
+            self._pending = None
         self._restore()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._pending = None  # after an error a peer may be gone: never wait for it
         self._restore()
 
     def _restore(self) -> None:
