@@ -1,4 +1,4 @@
-"""A graceful stop on a signal: finish this optimizer step, checkpoint, stop.
+"""A graceful stop on a signal: finish this optimizer step (with several ranks also the next), checkpoint, stop.
 
 The signal handler only records the signal; the ranks agree (all-reduce of max) so that all of them stop after
 the same step, however the signal reached them. The flags are a host tensor reduced over a gloo group of their
