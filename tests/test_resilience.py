@@ -232,18 +232,23 @@ class PoisonLoss:
             del module.model.loss
 
 
-def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str, *extra: str):
+def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str, *extra: str, stops: bool = True):
+    """8 steps with a non-finite loss at step 3; `stops=False`: without GracefulStop (nothing acts on the guard's
+    stop)."""
     import lightning as L
 
     from gpt4_lightning.config import compose_config
     from gpt4_lightning.training.build import build, callback
     from gpt4_lightning.training.nonfinite import NonFiniteGuard
+    from gpt4_lightning.training.stop import GracefulStop
 
     monkeypatch.setenv("GPT4_LIGHTNING_CACHE", str(workdir / "cache"))
     cfg = compose_config("train", [*args(workdir, "poison", "trainer.max_steps=8", "trainer.limit_val_batches=0",
                                          f"nonfinite={nonfinite}", "logger=none", *extra),
                                    f"hydra.run.dir={tmp_path}"])
     module, datamodule, trainer = build(cfg)
+    if not stops:
+        trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, GracefulStop)]
     poison = PoisonLoss(step=3)
     trainer.callbacks.append(type("Poison", (L.Callback,), {"on_train_batch_start": lambda s, *a: poison(*a)})())
     trainer.fit(module, datamodule=datamodule)
@@ -289,6 +294,19 @@ def test_nonfinite_stop_read_later_still_keeps_the_weights_from_before_the_bad_s
     saved = model.state_dict()
     for name, value in poison.before.items():
         assert torch.equal(value, saved[name]), name
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["on-device", "host"])
+def test_once_stopping_the_guard_skips_every_update_whenever_the_stop_comes(workdir, tmp_path, monkeypatch, fused):
+    """The stop may come steps after the bad one (the device counts' next read; on several ranks one step more):
+    the guard skips every update from the bad step on, on both paths. Here nothing acts on its stop, so the run's
+    8 steps end with the weights of before the bad step 3."""
+    guard, trainer, poison = fit_with_poison(workdir, tmp_path, monkeypatch, "stop", f"optim.fused={fused}",
+                                             "trainer.log_every_n_steps=2", stops=False)
+    assert guard.stop_step == 3 and trainer.global_step == 8
+    weights = trainer.lightning_module.model.state_dict()
+    for name, value in poison.before.items():
+        assert torch.equal(value, weights[name]), name
 
 
 def test_nonfinite_stop_through_the_cli_is_one_error_line(workdir):

@@ -13,8 +13,9 @@ checkpoint, so a resume counts exactly), when Lightning reads the logged metrics
 
 `mode="skip"` goes on (and stops after `max_consecutive` bad steps in a row); `mode="stop"` stops: `GracefulStop`
 checkpoints, and the CLI reports `reason` as its `error:` line. From the bad step on (stop mode, or past
-`max_consecutive`) every update is skipped, so the weights that checkpoint holds are those from before the bad
-step even where the stop comes at the next read, up to `log_every_n_steps - 1` steps later.
+`max_consecutive`) every update is skipped, on both paths, so the weights that checkpoint holds are those from
+before the bad step even where the stop comes later: at the next read (up to `log_every_n_steps - 1` steps), and
+on several ranks one step after that (`GracefulStop` agrees without a blocking collective).
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ class NonFiniteGuard(L.Callback):
 
     def _count_on_host(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer,
                        norm: torch.Tensor) -> None:
+        if self.stop_step is not None:  # stopping: on several ranks the stop lands a step later (GracefulStop)
+            optimizer.zero_grad(set_to_none=True)
+            return
         if bool(torch.isfinite(norm)):  # one device sync per step: the decision comes before the update
             self.consecutive = 0
             return
