@@ -15,6 +15,12 @@ RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK
 LAUNCHER_VARIABLES = ("SLURM_NTASKS", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "NODE_RANK", "MASTER_ADDR")
 
 
+def loss_scaler(trainer: Any) -> torch.amp.GradScaler | None:
+    """The trainer's GradScaler (16-mixed precision), None for fp32 and bf16: where there is one, Lightning unscales
+    the gradients before clipping and the scaler owns the optimizer's `found_inf`."""
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
 def is_global_rank_zero() -> bool:
     """Whether this process is global rank 0 (or the only one), before any process group exists: from the
     variables torchrun, srun and Lightning's launcher set (RANK, SLURM_PROCID; LOCAL_RANK and NODE_RANK)."""

@@ -22,6 +22,7 @@ from ..checkpoint import format as checkpoint_format
 from ..model import GPT4, GPT4Config
 from ..model.kernels import document_ids
 from .config import ParallelConfig
+from .devices import loss_scaler
 from .optim import weight_decay_groups
 from .parallelize import init_sharded_weights, parallelize
 
@@ -132,7 +133,7 @@ class GPT4LitModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         factory = self.optimizer_factory
-        if self.loss_scaler is not None and getattr(factory, "keywords", {}).get("fused"):
+        if loss_scaler(self.trainer) is not None and getattr(factory, "keywords", {}).get("fused"):
             # a fused step unscales the gradients itself, after clipping: clipping would see scaled ones
             logger.info("optim.fused=false: trainer.precision=%s scales the loss (GradScaler)", self.trainer.precision)
             factory = functools.partial(factory, fused=False)
@@ -142,19 +143,13 @@ class GPT4LitModule(L.LightningModule):
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
-    @property
-    def loss_scaler(self) -> torch.amp.GradScaler | None:
-        """The GradScaler of 16-mixed precision (None for fp32 and bf16)."""
-        trainer = self._trainer
-        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
-
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Clips as Lightning's base precision plugin does where there is no loss scaler: its mixed-precision
         plugin overrides that only to refuse any optimizer that could unscale gradients itself (fused AdamW),
         also under bf16-mixed, where nothing is scaled. With a scaler `configure_optimizers` builds the unfused
         optimizer and Lightning unscales before this hook."""
-        if not gradient_clip_val or self.loss_scaler is not None:
+        if not gradient_clip_val or loss_scaler(self.trainer) is not None:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         else:  # what the plugin would do, in its parameter order (the norm's sum: bitwise the same)
             plugin = self.trainer.precision_plugin

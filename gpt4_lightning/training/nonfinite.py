@@ -27,6 +27,7 @@ import lightning as L
 import torch
 
 from .config import NONFINITE_MODES
+from .devices import loss_scaler
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class NonFiniteGuard(L.Callback):
     def skips_on_device(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> bool:
         """Whether `optimizer` skips a step where `found_inf` is 1 (fused Adam/AdamW) and nothing else sets it."""
         return (bool(getattr(optimizer, "_step_supports_amp_scaling", False))
-                and getattr(trainer.precision_plugin, "scaler", None) is None)
+                and loss_scaler(trainer) is None)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
