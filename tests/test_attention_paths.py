@@ -152,6 +152,26 @@ def test_document_mask_is_causal_attention_on_each_document_alone():
         torch.testing.assert_close(masked[30:], model(tokens[:, 30:])[0], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_the_compiled_document_block_mask_is_the_eager_one_and_compiles_once():
+    """CUDA builds the per-batch document block mask compiled (eager, torch materialises the whole (b, 1, n, n)
+    mask): run here on CPU, the compiled one equals the eager one block for block, and new batches of the same
+    shape (a new closure over new ids each time) reuse the one graph rather than compile again."""
+    from torch._dynamo.utils import counters
+
+    from gpt4_lightning.model.kernels import document_block_mask, document_ids
+
+    torch._dynamo.reset()
+    counters.clear()
+    for _ in range(3):
+        documents = document_ids(torch.randint(0, 12, (2, 384)), EOS)
+        compiled, eager = document_block_mask(documents, compiled=True), document_block_mask(documents, compiled=False)
+        assert torch.equal(compiled.to_dense(), eager.to_dense())
+        assert torch.equal(compiled.kv_num_blocks, eager.kv_num_blocks)
+        assert torch.equal(compiled.full_kv_num_blocks, eager.full_kv_num_blocks)
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("precision", ["autocast_bf16", "bf16_true"])
 def test_every_path_runs_in_bf16_and_agrees_with_fp32(path, precision, monkeypatch):

@@ -141,3 +141,18 @@ def test_learning_parity_quick(tmp_path):
             ours, theirs = s["gpt4"]["mean"], s["x_transformers"]["mean"]
             assert 0 < ours < 6 and 0 < theirs < 6  # nats per byte, below ln 256 + a bit
             assert s["ratio_of_means"] == pytest.approx(ours / theirs, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_document_mask_quick(tmp_path):
+    """bench/document_mask.py --quick: both builders run in their own processes; the report has each row and the
+    compiled / eager ratio computed from them."""
+    out = tmp_path / "dm.json"
+    proc = subprocess.run([sys.executable, "bench/document_mask.py", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert set(rows) == {"eager_256", "compiled_256"} and all(r["ms"] > 0 for r in rows.values())
+    assert report["ratios"]["compiled_vs_eager_ms_256"] == pytest.approx(
+        rows["compiled_256"]["ms"] / rows["eager_256"]["ms"], rel=1e-9)

@@ -51,16 +51,26 @@ def document_bias(documents: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(same.shape, device=documents.device, dtype=dtype).masked_fill(~same, float("-inf"))
 
 
-def document_block_mask(documents: Tensor) -> Any:
-    """FlexAttention block mask of causal attention within each document of each window `(b, n)`: built per
-    batch from the ids (O(b·n) memory plus the blocks' bitmap, nothing n×n)."""
+@functools.cache
+def block_mask_builder(compiled: bool) -> Callable[..., Any]:
+    """torch's `create_block_mask`, compiled or not. Eager it materialises the whole `(b, 1, n, n)` mask and the ids
+    gathered to it (b 1, n 8192 on CPU: +640 MiB peak and 11x the time: bench/document_mask.py); compiled it fuses
+    into the blocks' bitmap, and a new batch's ids (a new closure over a same-shaped tensor) reuse the graph."""
     from torch.nn.attention.flex_attention import create_block_mask
 
+    return torch.compile(create_block_mask) if compiled else create_block_mask
+
+
+def document_block_mask(documents: Tensor, compiled: bool | None = None) -> Any:
+    """FlexAttention block mask of causal attention within each document of each window `(b, n)`: built per
+    batch from the ids. `compiled` (default: on CUDA, where FlexAttention runs; CPU tests run it eagerly): with
+    O(b·n) memory plus the blocks' bitmap, nothing n×n."""
     def causal_in_document(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (documents[b, q_idx] == documents[b, kv_idx])
 
     b, n = documents.shape
-    return create_block_mask(causal_in_document, B=b, H=None, Q_LEN=n, KV_LEN=n, device=documents.device)
+    build = block_mask_builder(documents.device.type == "cuda" if compiled is None else compiled)
+    return build(causal_in_document, B=b, H=None, Q_LEN=n, KV_LEN=n, device=documents.device)
 
 
 def causal_bias(q_len: int, k_len: int, device: torch.device, dtype: torch.dtype) -> Tensor:
