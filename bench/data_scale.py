@@ -38,7 +38,8 @@ def build(root: Path, tokens: int) -> Path:
     """A prepared directory of `tokens` train tokens (plus one val shard) in sparse shards, made once."""
     from tokenizers import Tokenizer, models
 
-    from gpt4_lightning.data.shards import Manifest, SplitShards, sha256_file
+    from gpt4_lightning.data.shards import Manifest, SplitShards
+    from gpt4_lightning.utils.files import sha256_file
 
     out = root / f"sparse-{tokens:.0e}".replace("+", "")
     if (out / "manifest.json").is_file():
@@ -120,7 +121,7 @@ def train_once(data_dir: Path, ranks: int, workdir: Path) -> dict[str, float]:
 
 LOADER = """
 import json, os, sys, time
-from gpt4_lightning.data.datamodule import GPT4DataModule
+from gpt4_lightning.data.stream.datamodule import GPT4DataModule
 dm = GPT4DataModule(sys.argv[1], seq_len=256, batch_size=8, num_workers=int(sys.argv[2]))
 loader = dm.make_train_loader()
 batches = iter(loader)

@@ -45,11 +45,11 @@ from machine_info import machine_info
 from tokenizers import Tokenizer
 
 from gpt4_lightning.config import compose_config
-from gpt4_lightning.data.corpus import Corpus
-from gpt4_lightning.data.datamodule import GPT4DataModule
-from gpt4_lightning.data.mixture import Source
-from gpt4_lightning.data.prepare import prepare
+from gpt4_lightning.data.prepare.corpus import Corpus
+from gpt4_lightning.data.prepare.pipeline import prepare
 from gpt4_lightning.data.shards import Manifest
+from gpt4_lightning.data.stream.datamodule import GPT4DataModule
+from gpt4_lightning.data.stream.mixture import Source
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -32,8 +32,8 @@ BUILD = textwrap.dedent("""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.device_mesh import init_device_mesh
     from gpt4_lightning import GPT4
-    from gpt4_lightning.training.config import ParallelConfig
-    from gpt4_lightning.training.parallelize import init_sharded_weights, parallelize
+    from gpt4_lightning.parallel.config import ParallelConfig
+    from gpt4_lightning.parallel.parallelize import init_sharded_weights, parallelize
 
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (2,))

@@ -157,9 +157,9 @@ def train_run(args: argparse.Namespace, device: torch.device, model: list[str], 
 
 
 def planned_peak(overrides: list[str], device: torch.device) -> float | None:
-    """The preflight planner's peak per rank for the run's config (`training.preflight`), in GiB."""
+    """The preflight planner's peak per rank for the run's config (`run.preflight`), in GiB."""
     from gpt4_lightning.config import compose_config, to_typed
-    from gpt4_lightning.training.preflight import run_shape
+    from gpt4_lightning.run.preflight import run_shape
 
     cfg = compose_config("train", [o for o in overrides if not o.startswith("hydra.")])
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0

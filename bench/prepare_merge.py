@@ -41,10 +41,11 @@ def build(root: Path, parts: int, shards_per_part: int) -> int:
     from tokenizers import Tokenizer, models
 
     from gpt4_lightning.config import compose_config, to_typed
-    from gpt4_lightning.data.corpus import Corpus
-    from gpt4_lightning.data.parts import part_dir, part_fingerprint
-    from gpt4_lightning.data.prepare import describe_inputs, fingerprint
-    from gpt4_lightning.data.shards import Manifest, SplitShards, sha256_file
+    from gpt4_lightning.data.prepare.corpus import Corpus
+    from gpt4_lightning.data.prepare.directory import describe_inputs, fingerprint
+    from gpt4_lightning.data.prepare.parts import part_dir, part_fingerprint
+    from gpt4_lightning.data.shards import Manifest, SplitShards
+    from gpt4_lightning.utils.files import sha256_file
 
     shutil.rmtree(root, ignore_errors=True)
     (root / "corpus").mkdir(parents=True)
@@ -97,7 +98,7 @@ def raw_symlinks(directory: Path, targets: list[str]) -> float:
 
 
 def measure(root: Path, parts: int, shards_per_part: int) -> dict:
-    from gpt4_lightning.data.parts import part_dir
+    from gpt4_lightning.data.prepare.parts import part_dir
 
     started = time.perf_counter()
     shards = build(root, parts, shards_per_part)

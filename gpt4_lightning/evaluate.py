@@ -1,6 +1,6 @@
 """`python -m gpt4_lightning.evaluate`: see `gpt4_lightning.cli.evaluate`."""
 
-from .cli.evaluate import main
+from gpt4_lightning.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

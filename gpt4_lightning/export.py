@@ -1,6 +1,6 @@
 """`python -m gpt4_lightning.export`: see `gpt4_lightning.cli.export`."""
 
-from .cli.export import main
+from gpt4_lightning.cli.export import main
 
 if __name__ == "__main__":
     main()

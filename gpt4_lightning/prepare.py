@@ -1,6 +1,6 @@
 """`python -m gpt4_lightning.prepare`: see `gpt4_lightning.cli.prepare`."""
 
-from .cli.prepare import main
+from gpt4_lightning.cli.prepare import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """`python -m gpt4_lightning.report <run dir>`: see `gpt4_lightning.cli.report`."""
 
-from .cli.report import main
+from gpt4_lightning.cli.report import main
 
 if __name__ == "__main__":
     main()

@@ -39,7 +39,7 @@ TINY_MODEL = ["model.num_tokens=512", "model.dim=64", "model.depth=2", "model.he
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     """A small real corpus (60 stdlib modules as jsonl) and a cache dir shared by the CLI tests."""
-    from gpt4_lightning.data.corpus import stdlib_files
+    from gpt4_lightning.data.prepare.corpus import stdlib_files
 
     root = tmp_path_factory.mktemp("cli")
     with open(root / "corpus.jsonl", "w") as f:

@@ -120,7 +120,7 @@ def test_precision_names_are_lightnings():
 
     from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
-    from gpt4_lightning.training.devices import LIGHTNING_PRECISIONS
+    from gpt4_lightning.run.checks import LIGHTNING_PRECISIONS
 
     assert set(LIGHTNING_PRECISIONS) == {*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS)}
 
@@ -131,7 +131,7 @@ def test_the_collective_timeout_reaches_the_strategy(trainer):
     from datetime import timedelta
 
     from gpt4_lightning.config import compose_config
-    from gpt4_lightning.training.build import COLLECTIVE_TIMEOUT_S, timed_strategy
+    from gpt4_lightning.run.build import COLLECTIVE_TIMEOUT_S, timed_strategy
 
     cfg = compose_config("train", [f"trainer={trainer}", "trainer.accelerator=cpu"])
     assert timed_strategy(cfg.trainer, None)["strategy"]._timeout == timedelta(seconds=COLLECTIVE_TIMEOUT_S["gloo"])

@@ -21,9 +21,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from gpt4_lightning.data.datamodule import GPT4DataModule, TrainBatches
-from gpt4_lightning.data.permutation import Permutation
 from gpt4_lightning.data.shards import DataError, Manifest, Shard, ShardWriter
+from gpt4_lightning.data.stream.datamodule import GPT4DataModule, TrainBatches
+from gpt4_lightning.data.stream.permutation import Permutation
 
 VOCAB = 60_000
 SEQ = 16
@@ -291,8 +291,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 sys.path.insert(0, {tests!r})
 from test_datamodule import Recorder
 
-from gpt4_lightning.data.datamodule import GPT4DataModule, TrainBatches
-from gpt4_lightning.data.permutation import Permutation
+from gpt4_lightning.data.stream.datamodule import GPT4DataModule, TrainBatches
+from gpt4_lightning.data.stream.permutation import Permutation
 
 data, out, max_steps, ckpt = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 out.mkdir(parents=True, exist_ok=True)

@@ -128,8 +128,8 @@ BF16_WIRING = textwrap.dedent("""
     import torch, torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from gpt4_lightning import GPT4
-    from gpt4_lightning.training.config import ParallelConfig
-    from gpt4_lightning.training.parallelize import init_sharded_weights, parallelize
+    from gpt4_lightning.parallel.config import ParallelConfig
+    from gpt4_lightning.parallel.parallelize import init_sharded_weights, parallelize
 
     out, parallel, precision, tiny = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
     dist.init_process_group("gloo")

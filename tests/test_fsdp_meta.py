@@ -13,8 +13,8 @@ SCRIPT = textwrap.dedent("""
     import torch, torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from gpt4_lightning import GPT4
-    from gpt4_lightning.training.config import ParallelConfig
-    from gpt4_lightning.training.parallelize import init_sharded_weights, parallelize
+    from gpt4_lightning.parallel.config import ParallelConfig
+    from gpt4_lightning.parallel.parallelize import init_sharded_weights, parallelize
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -103,6 +103,6 @@ def test_iter_weights_streams_a_checkpoint_one_tensor_at_a_time(tmp_path):
 
 def _tiny_tokenizer() -> str:
     from gpt4_lightning.data.config import TokenizerConfig
-    from gpt4_lightning.data.tokenizer import train_bpe
+    from gpt4_lightning.data.prepare.tokenizer import train_bpe
 
     return train_bpe(["def f(x):\n    return x\n" * 20], TokenizerConfig(vocab_size=300)).to_str()

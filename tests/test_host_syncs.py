@@ -47,7 +47,7 @@ class ReadsPerStep(L.Callback):
 @pytest.mark.slow
 def test_a_step_that_does_not_log_reads_nothing_back_from_the_device(workdir, tmp_path, monkeypatch):
     from gpt4_lightning.config import compose_config
-    from gpt4_lightning.training.build import build
+    from gpt4_lightning.run.build import build
 
     monkeypatch.setenv("GPT4_LIGHTNING_CACHE", str(workdir / "cache"))
     every = 4

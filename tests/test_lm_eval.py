@@ -77,7 +77,7 @@ def test_running_tasks_leaves_the_random_generators_as_they_were(tmp_path):
 
     from gpt4_lightning import GPT4
     from gpt4_lightning.data.config import TokenizerConfig
-    from gpt4_lightning.data.tokenizer import train_bpe
+    from gpt4_lightning.data.prepare.tokenizer import train_bpe
     from gpt4_lightning.evals.harness import run_tasks
 
     tokenizer = train_bpe(["def f(x):\n    return x + 1\n" * 30], TokenizerConfig(vocab_size=300))

@@ -202,8 +202,8 @@ FSDP_TRACKER = textwrap.dedent("""
     from torch.testing._internal.distributed.fake_pg import FakeStore
     from gpt4_lightning import GPT4, GPT4Config
     from gpt4_lightning.memory import plan_memory
-    from gpt4_lightning.training.config import ParallelConfig
-    from gpt4_lightning.training.parallelize import parallelize
+    from gpt4_lightning.parallel.config import ParallelConfig
+    from gpt4_lightning.parallel.parallelize import parallelize
 
     world, ac, b, n = int(sys.argv[1]), sys.argv[2] == "1", 2, 256
     cfg = GPT4Config(num_tokens=4096, max_seq_len=256, dim=256, depth=4, dim_head=32, heads=8, alibi_num_heads=4)

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt4_lightning.data.datamodule import GPT4DataModule
-from gpt4_lightning.data.mixture import BLOCK, Mixture, Source, block_counts
 from gpt4_lightning.data.shards import Manifest, ShardWriter
+from gpt4_lightning.data.stream.datamodule import GPT4DataModule
+from gpt4_lightning.data.stream.mixture import BLOCK, Mixture, Source, block_counts
 
 SEQ, BATCH = 8, 10
 WEB, CODE = 3000, 300  # windows; 3300 per mixture epoch, a multiple of BATCH: no epoch tail is skipped

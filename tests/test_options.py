@@ -166,7 +166,7 @@ def test_large_presets_compose_and_pass_or_name_the_fix(option):
     """The presets a CPU run would take hours on: composed and checked as a run here would be (types, ranges,
     trainer, memory preflight against this machine); a refusal is the preflight's, naming changes that fit."""
     from gpt4_lightning.config import compose_config
-    from gpt4_lightning.training.build import check_run
+    from gpt4_lightning.run.build import check_run
 
     cfg = compose_config("train", [option])
     try:

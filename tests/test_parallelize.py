@@ -7,8 +7,8 @@ import torch
 from conftest import TINY
 
 from gpt4_lightning import GPT4
-from gpt4_lightning.training.config import ParallelConfig
-from gpt4_lightning.training.parallelize import parallelize
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.parallel.parallelize import parallelize
 
 
 def loss_and_grads(model: GPT4, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

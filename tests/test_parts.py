@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from test_prepare import _kill_when, cli, config, documents, make_docs, write_jsonl
 
-from gpt4_lightning.data.corpus import Corpus
-from gpt4_lightning.data.parts import PARTS, merge, part_dir
-from gpt4_lightning.data.prepare import is_val, prepare, split_documents
+from gpt4_lightning.data.prepare.corpus import Corpus
+from gpt4_lightning.data.prepare.directory import is_val, split_documents
+from gpt4_lightning.data.prepare.parts import PARTS, merge, part_dir
+from gpt4_lightning.data.prepare.pipeline import prepare
 from gpt4_lightning.data.shards import MANIFEST, DataError, Manifest
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gpt4_lightning.data.permutation import Permutation, Permutations, network
+from gpt4_lightning.data.stream.permutation import Permutation, Permutations, network
 
 SIZES = [1, 2, 3, 4, 5, 7, 8, 13, 16, 31, 64, 97, 1024, 65_537, 1_000_003]
 

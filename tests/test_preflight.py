@@ -19,8 +19,8 @@ from gpt4_lightning.config import compose_config, to_typed
 from gpt4_lightning.memory.available import cgroup_headroom, cpu_available
 from gpt4_lightning.memory.plan import GIB
 from gpt4_lightning.model.config import GPT4Config
-from gpt4_lightning.training.config import ParallelConfig
-from gpt4_lightning.training.preflight import OVERHEAD, PreflightError, RunShape, check_memory, run_shape
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.run.preflight import OVERHEAD, PreflightError, RunShape, check_memory, run_shape
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,10 +18,12 @@ import pytest
 from tokenizers import Tokenizer
 
 from gpt4_lightning.config import compose_config
-from gpt4_lightning.data.corpus import Corpus, read_python_source
-from gpt4_lightning.data.prepare import default_cache_dir, output_dir, prepare, split_documents
+from gpt4_lightning.data.prepare.corpus import Corpus, read_python_source
+from gpt4_lightning.data.prepare.directory import output_dir, split_documents
+from gpt4_lightning.data.prepare.pipeline import prepare
+from gpt4_lightning.data.prepare.tokenizer import train_bpe
 from gpt4_lightning.data.shards import MANIFEST, DataError, Manifest
-from gpt4_lightning.data.tokenizer import train_bpe
+from gpt4_lightning.utils.env import default_cache_dir
 
 SMALL = ["tokenizer.vocab_size=300", "data.val_fraction=0.2"]
 
@@ -274,7 +276,7 @@ def test_split_is_deterministic_by_document():
 
 POOL_EXIT_SCRIPT = """
 import signal, sys
-from gpt4_lightning.data.encode import encode as _encode
+from gpt4_lightning.data.prepare.encode import encode as _encode
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what a submitit job does; forked workers inherit it
 batches = (("train", [f"document {i} " * 40] * 8) for i in range(200))

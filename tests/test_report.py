@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import run
 
+from gpt4_lightning.data.prepare.stats import token_counts, unigram_entropy
 from gpt4_lightning.data.shards import Manifest
-from gpt4_lightning.data.stats import token_counts, unigram_entropy
 from gpt4_lightning.reporting.history import read_history
 
 
@@ -93,7 +93,7 @@ def test_a_logger_whose_package_is_missing_names_its_extra(monkeypatch):
 
     from omegaconf import OmegaConf
 
-    from gpt4_lightning.training.build import check_logger_installed
+    from gpt4_lightning.run.build import check_logger_installed
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name))

@@ -238,7 +238,7 @@ def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str, *extra: str,
     import lightning as L
 
     from gpt4_lightning.config import compose_config
-    from gpt4_lightning.training.build import build, callback
+    from gpt4_lightning.run.build import build, callback
     from gpt4_lightning.training.nonfinite import NonFiniteGuard
     from gpt4_lightning.training.stop import GracefulStop
 

@@ -6,16 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from gpt4_lightning.data.shards import (
-    MANIFEST,
-    DataError,
-    Manifest,
-    Shard,
-    ShardWriter,
-    SplitShards,
-    atomic_writer,
-    token_dtype,
-)
+from gpt4_lightning.data.shards import MANIFEST, DataError, Manifest, Shard, ShardWriter, SplitShards, token_dtype
+from gpt4_lightning.utils.files import atomic_writer
 
 
 def test_token_dtype_is_the_smallest_that_fits():

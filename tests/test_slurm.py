@@ -167,7 +167,7 @@ def test_prepare_job_array_then_dependent_merge_job_equals_one_part_prepare(slur
     from test_prepare import documents
 
     from gpt4_lightning.config import compose_config
-    from gpt4_lightning.data.prepare import prepare
+    from gpt4_lightning.data.prepare.pipeline import prepare
 
     corpus = tmp_path / "corpus"  # the shared corpus in 3 files: parts are ranges of files
     corpus.mkdir()

@@ -43,8 +43,8 @@ def check_evaluate_and_greedy_generate(workdir, last, evaluate_stdout: str) -> N
     from tokenizers import Tokenizer
 
     from gpt4_lightning.checkpoint.load import load_model
-    from gpt4_lightning.data.datamodule import GPT4DataModule
     from gpt4_lightning.data.shards import Manifest
+    from gpt4_lightning.data.stream.datamodule import GPT4DataModule
 
     model, meta = load_model(last)
     data_dir = meta["data_dir"]

@@ -105,8 +105,8 @@ def test_token_ids_are_checked_on_the_host_not_read_back_in_forward(tmp_path):
     import numpy as np
 
     from gpt4_lightning import GPT4Config
-    from gpt4_lightning.data.datamodule import GPT4DataModule
     from gpt4_lightning.data.shards import DataError, Manifest, ShardWriter
+    from gpt4_lightning.data.stream.datamodule import GPT4DataModule
     from gpt4_lightning.training.module import GPT4LitModule
 
     vocab, seq = TINY["num_tokens"], 16

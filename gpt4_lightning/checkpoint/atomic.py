@@ -19,25 +19,10 @@ from typing import Any
 
 import lightning as L
 
-from .paths import LAST, STEP_NAME, TEMPORARY_PREFIX, step_name
+from gpt4_lightning.checkpoint.paths import LAST, STEP_NAME, TEMPORARY_PREFIX, step_name
+from gpt4_lightning.utils.files import fsync_dir, fsync_tree, remove
 
 log = logging.getLogger(__name__)
-
-
-def _fsync_tree(path: Path) -> None:
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    for file in files:
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(path if path.is_dir() else path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointSpaceError(OSError):
@@ -51,13 +36,6 @@ def _size(path: Path) -> int:
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
 
 
 class AtomicCheckpoint(L.Callback):
@@ -81,7 +59,7 @@ class AtomicCheckpoint(L.Callback):
             self.dirpath.mkdir(parents=True, exist_ok=True)
             for stale in self.dirpath.glob(TEMPORARY_PREFIX + "*"):  # a save interrupted by a kill
                 log.warning("removing incomplete checkpoint %s (a save was interrupted)", stale)
-                _remove(stale)
+                remove(stale)
         trainer.strategy.barrier("AtomicCheckpoint.setup")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -100,33 +78,33 @@ class AtomicCheckpoint(L.Callback):
         final = self.dirpath / step_name(step)
         tmp = self.dirpath / f"{TEMPORARY_PREFIX}{final.name}"
         if trainer.is_global_zero:
-            _remove(tmp)
+            remove(tmp)
         trainer.strategy.barrier("AtomicCheckpoint.before_save")
         self.last_saved_step = step  # part of the state being written
         try:
             # all ranks write (sharded) or rank 0 (plain), then a barrier; the full state (optimizer, loops) to resume
             trainer.save_checkpoint(tmp, weights_only=False)
             if trainer.is_global_zero:
-                _fsync_tree(tmp)
+                fsync_tree(tmp)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             with contextlib.suppress(OSError):
-                _remove(tmp)  # the partial checkpoint, at once: it holds the space the next save needs
+                remove(tmp)  # the partial checkpoint, at once: it holds the space the next save needs
             raise CheckpointSpaceError(e.errno, self._space_message(step, trainer, e)) from e
         if trainer.is_global_zero:
             if final.exists() or final.is_symlink():  # the same step saved again (e.g. resumed at the end)
                 trash = self.dirpath / f"{TEMPORARY_PREFIX}old-{final.name}"
                 os.replace(final, trash)
                 os.replace(tmp, final)
-                _remove(trash)
+                remove(trash)
             else:
                 os.replace(tmp, final)
             link = self.dirpath / f"{TEMPORARY_PREFIX}{LAST}"
-            _remove(link)
+            remove(link)
             os.symlink(final.name, link)
             os.replace(link, self.last_path)  # atomic: last.ckpt is never missing nor partial
-            _fsync_dir(self.dirpath)
+            fsync_dir(self.dirpath)
             self._rotate(keep=final)
             log.info("checkpoint saved: %s", final)
         trainer.strategy.barrier("AtomicCheckpoint.after_save")
@@ -153,7 +131,7 @@ class AtomicCheckpoint(L.Callback):
         steps = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := STEP_NAME.match(p.name)))
         for _, path in steps[: -self.keep_last_k]:
             if path != keep:
-                _remove(path)
+                remove(path)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_saved_step": self.last_saved_step}

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ..model import GPT4, GPT4Config
-from .format import CONFIG_KEY, DCP_METADATA, MODEL_PREFIX, SHARDED_META, describe
+from gpt4_lightning.checkpoint.format import CONFIG_KEY, DCP_METADATA, MODEL_PREFIX, SHARDED_META, describe
+from gpt4_lightning.model import GPT4, GPT4Config
 
 PREFIX = MODEL_PREFIX
 

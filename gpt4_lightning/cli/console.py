@@ -4,14 +4,14 @@ precisely (its message and the module it comes from), so every warning left says
 Kept (they tell the user something): our own warnings, Lightning's about the user's config, every warning not
 matched here. Dropped, and why:
 - Lightning's "Your `IterableDataset` has `__len__` defined": it warns that `__len__` may be wrong when workers
-  duplicate data. Ours is exact: each worker yields a disjoint set of the rank's batches (`data.datamodule`), and
+  duplicate data. Ours is exact: each worker yields a disjoint set of the rank's batches (`data.stream.datamodule`), and
   Lightning needs the length to count a resumed epoch.
 - torch's FutureWarning that `LeafSpec` is deprecated, raised inside Lightning's own `_pytree` helper: Lightning's
   code to update, nothing in ours or the user's.
 - Lightning's "The `srun` command is available on your system but is not used": it fires on every run on a machine
   with Slurm installed (a login node, an interactive node, CI), and its hint is a wrong command (the script's path,
   not `python -m gpt4_lightning.train`). The one case it is for, several nodes with no launcher, is an error of
-  ours naming the launcher (`training.devices.check_trainer`); one node runs without srun as it is.
+  ours naming the launcher (`run.checks.check_trainer`); one node runs without srun as it is.
 - Lightning's "💡 Tip" advertisements for its cloud products (litlogger, litmodels), logged at INFO on every run.
 """
 

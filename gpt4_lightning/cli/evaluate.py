@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..checkpoint.load import load_model
-from ..config import EvaluateConfig, to_typed
-from ..data.shards import Manifest
-from ..training.devices import pick_device
-from .launch import launch
+from gpt4_lightning.checkpoint.load import load_model
+from gpt4_lightning.cli.launch import launch
+from gpt4_lightning.config import EvaluateConfig, to_typed
+from gpt4_lightning.data.shards import Manifest
+from gpt4_lightning.training.devices import pick_device
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def evaluate(dict_cfg: DictConfig) -> dict[str, float]:
     cfg: EvaluateConfig = to_typed(dict_cfg)
     device = pick_device(cfg.device)
     if (Path(cfg.ckpt_path) / "config.json").is_file():  # an export
-        from ..model import GPT4
+        from gpt4_lightning.model import GPT4
 
         model, meta = GPT4.from_pretrained(cfg.ckpt_path, device).eval(), {"export": cfg.ckpt_path}
     else:
@@ -50,7 +50,7 @@ def _losses(model: torch.nn.Module, meta: dict, cfg: EvaluateConfig, device: tor
         raise ValueError("the checkpoint does not name its data directory; pass data_dir=<prepared dir>")
     for _, data_dir, _ in data_dirs:
         Manifest.load(data_dir)  # a missing or damaged directory fails here, before the (slow) Lightning import
-    from ..training.module import perplexity
+    from gpt4_lightning.training.module import perplexity
 
     seq_len = cfg.seq_len if model.config.can_extrapolate else min(cfg.seq_len, model.config.max_seq_len)
     result: dict[str, float] = {}
@@ -73,8 +73,8 @@ def _losses(model: torch.nn.Module, meta: dict, cfg: EvaluateConfig, device: tor
 def _tasks(model: torch.nn.Module, meta: dict, cfg: EvaluateConfig, device: torch.device) -> dict[str, float]:
     """lm-eval on the model in this process; results JSON in `results_dir` (default: the checkpoint's run
     directory's `lm_eval/`)."""
-    from ..data.tokenizer import run_tokenizer
-    from ..evals.harness import run_tasks, scores, task_names
+    from gpt4_lightning.data.prepare.tokenizer import run_tokenizer
+    from gpt4_lightning.evals.harness import run_tasks, scores, task_names
 
     tokenizer_json, eos_token = run_tokenizer(meta, cfg.tokenizer_path, "<|endoftext|>")
     results = run_tasks(model, tokenizer_json, eos_token, task_names(cfg.tasks), limit=cfg.limit,
@@ -101,7 +101,7 @@ def _results_dir(cfg: EvaluateConfig) -> Path:
 def _score(model: torch.nn.Module, data_dir: str, seq_len: int, cfg: EvaluateConfig,
            device: torch.device) -> tuple[float, int]:
     """Mean loss over one data directory's split (`cfg.max_batches` at most) and the windows scored."""
-    from ..data.datamodule import GPT4DataModule
+    from gpt4_lightning.data.stream.datamodule import GPT4DataModule
 
     datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=cfg.batch_size,
                                 max_token_id=model.config.num_tokens)

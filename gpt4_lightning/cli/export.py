@@ -14,9 +14,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..config import ExportConfig, to_typed
-from ..data.shards import check_writable_dir
-from .launch import launch
+from gpt4_lightning.cli.launch import launch
+from gpt4_lightning.config import ExportConfig, to_typed
+from gpt4_lightning.utils.files import check_writable_dir
 
 
 def export(dict_cfg: DictConfig) -> Path:
@@ -26,9 +26,9 @@ def export(dict_cfg: DictConfig) -> Path:
     if out.suffix == ".safetensors" and out.name != "model.safetensors":
         raise ValueError(f"out={out}: name the file model.safetensors (config.json goes beside it) or pass a directory")
     check_writable_dir(out_dir, "out")
-    from ..checkpoint.load import iter_weights
-    from ..data.tokenizer import run_tokenizer
-    from ..hf.export import export_hf
+    from gpt4_lightning.checkpoint.load import iter_weights
+    from gpt4_lightning.data.prepare.tokenizer import run_tokenizer
+    from gpt4_lightning.hf.export import export_hf
 
     config, meta, tensors = iter_weights(cfg.ckpt_path)
     tokenizer_json, eos_token = run_tokenizer(meta, cfg.tokenizer_path, cfg.eos_token)

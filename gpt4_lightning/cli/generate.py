@@ -8,11 +8,11 @@ import sys
 import torch
 from omegaconf import DictConfig
 
-from ..checkpoint.load import load_model
-from ..config import GenerateConfig, to_typed
-from ..data.tokenizer import tokenizer_and_eos
-from ..training.devices import pick_device
-from .launch import launch
+from gpt4_lightning.checkpoint.load import load_model
+from gpt4_lightning.cli.launch import launch
+from gpt4_lightning.config import GenerateConfig, to_typed
+from gpt4_lightning.data.prepare.tokenizer import tokenizer_and_eos
+from gpt4_lightning.training.devices import pick_device
 
 
 def generate(dict_cfg: DictConfig) -> list[str]:

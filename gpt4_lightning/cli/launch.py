@@ -1,75 +1,29 @@
-"""What every entry point does with a failure a user can fix: one line on stderr, exit status 1.
-
-Bad input or config (`ValueError`, which `DataError` is; `OSError`; OmegaConf errors such as a missing
-`???` value; a configured object such as the Trainer rejecting its arguments) ends with `error: <message>`
-naming the key or file and the fix; a traceback helps nobody there. HYDRA_FULL_ERROR=1 re-raises for the
-traceback. Hydra catches exceptions from the task function itself, so they are handled inside it.
-
-A rejected command leaves the disk as it found it (`run_dir.RunDirGuard`).
-"""
+"""Every entry point's start: register the configs, pre-check the overrides (one `error:` line for a bad one,
+with the closest key), make sure the run directory can be made and is not in use, then run the task as a Hydra app
+with user errors turned into one line (`errors`). A rejected command leaves the disk as it found it
+(`run_dir.RunDirGuard`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import hydra
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
-from ..data.shards import check_writable_dir
-from ..training.devices import is_global_rank_zero
-from .run_dir import RunDirGuard
-from .run_lock import RunLock, requeue_wait_s
-
-T = TypeVar("T")
-USER_ERRORS = (ValueError, OSError, OmegaConfBaseException, InstantiationException)
-
-
-def error_line(exc: BaseException) -> str:
-    if isinstance(exc, MissingMandatoryValue):
-        key = exc.full_key or "a value"
-        return f"{key} is required (it is ??? in the config); add {key}=<value> to the command line"
-    if isinstance(exc, InstantiationException):
-        return _instantiation_line(exc)
-    return one_line(str(exc)) or type(exc).__name__
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _instantiation_line(exc: InstantiationException) -> str:
-    """`Error in call to target 'lightning...Trainer': TypeError(...) full_key: trainer` -> which config node
-    built what, and what the object said about its arguments."""
-    text = str(exc)
-    key = re.search(r"full_key: (\S+)", text)
-    target = re.search(r"target '([^']+)'", text)
-    cause, lines = exc.__cause__, text.splitlines()
-    reason = one_line(str(cause)) if cause is not None and str(cause) else one_line(lines[1] if len(lines) > 1 else "")
-    node = key.group(1) if key else "a config node"
-    built = f" ({target.group(1)})" if target else ""
-    return f"{node}{built} rejected its arguments: {reason}; check the {node}.* values"
-
-
-def run_cli(fn: Callable[..., T], *args: Any, on_error: Callable[[], None] | None = None) -> T:
-    """`fn(*args)`, a user error ending in one `error:` line and exit status 1 (after `on_error`)."""
-    try:
-        return fn(*args)
-    except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if on_error is not None:
-            on_error()
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(1)
+from gpt4_lightning.cli.errors import one_line, run_cli
+from gpt4_lightning.cli.run_dir import RunDirGuard
+from gpt4_lightning.cli.run_lock import RunLock, requeue_wait_s
+from gpt4_lightning.utils.env import is_global_rank_zero
+from gpt4_lightning.utils.files import check_writable_dir
+from gpt4_lightning.utils.names import closest
 
 
 def _override_error(config_name: str, overrides: list[str], exc: Exception) -> str:
@@ -83,7 +37,7 @@ def _override_error(config_name: str, overrides: list[str], exc: Exception) -> s
             and str(inner_key) not in unknown.group(1).split(".")):
         # a misspelt key inside a value (e.g. an item of data.sources): name the field and its type's fields
         fields = [f.name for f in dataclasses.fields(object_type)]
-        close = difflib.get_close_matches(str(inner_key), fields, n=1)
+        close = closest(str(inner_key), fields, n=1)
         hint = f"did you mean {close[0]}?" if close else f"its fields are {', '.join(fields)}"
         return (f"{unknown.group(1)}: {inner_key} is not a field of {object_type.__name__} ({', '.join(fields)}); "
                 + hint)
@@ -91,7 +45,7 @@ def _override_error(config_name: str, overrides: list[str], exc: Exception) -> s
         key = unknown.group(1)
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         try:
-            from ..config import compose_config
+            from gpt4_lightning.config import compose_config
 
             node: Any = compose_config(config_name, rest)
         except Exception:  # the other overrides are broken too: report this one without suggestions
@@ -104,7 +58,7 @@ def _override_error(config_name: str, overrides: list[str], exc: Exception) -> s
             if part not in node:
                 parent = ".".join(known)
                 keys = [str(k) for k in node if k != "hydra"]
-                close = difflib.get_close_matches(part, keys, n=3)
+                close = closest(part, keys, n=3)
                 prefix = parent + "." if parent else ""
                 if close:
                     message += "; did you mean " + " or ".join(prefix + c for c in close) + "?"
@@ -147,7 +101,7 @@ def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
     overrides = argv[1:]
     if any(a.startswith("-") for a in overrides) or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return None
-    from ..config import compose_config
+    from gpt4_lightning.config import compose_config
 
     try:
         _check_spelling(overrides)
@@ -170,7 +124,7 @@ def _check_spelling(overrides: list[str]) -> None:
     schema does not have is a misspelling, as everywhere else."""
     from dataclasses import fields
 
-    from ..config.schema import OPEN_NODES
+    from gpt4_lightning.config.schema import OPEN_NODES
 
     for override in _parsed(overrides):
         parts = override.key_or_group.split(".")
@@ -205,13 +159,13 @@ def launch(config_name: str, fn: Callable[[DictConfig], Any], lock_run_dir: bool
     jobs (whose directories Hydra picks per job) take theirs as each starts."""
     from hydra.core.plugins import Plugins
 
-    from ..config import register_configs
-    from .console import quiet_library_noise
+    from gpt4_lightning.cli.console import quiet_library_noise
+    from gpt4_lightning.config import register_configs
 
     quiet_library_noise()
     register_configs()
     plugins = Plugins.instance()  # scans (and re-executes) Hydra's plugin modules: before importing one of them
-    from hydra_plugins.gpt4_lightning_sweeper.checked_sweeper import CheckedSweeper
+    from gpt4_lightning.cli.sweep import CheckedSweeper
 
     plugins.register(CheckedSweeper)  # the scan misses an editable install's hydra_plugins
     cfg = check_overrides(config_name, sys.argv)

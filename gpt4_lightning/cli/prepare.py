@@ -1,7 +1,7 @@
 """`python -m gpt4_lightning.prepare [data=stdlib|files|hf_hub] [tokenizer=bpe|file|hub] [num_parts=N [part=k]] ...`
 
-Tokenizes a corpus into shards (see `gpt4_lightning.data.prepare`), or finds them already prepared; with
-`num_parts`, one part (`part=k`) or the missing parts and then their merge (`data/parts.py`). Prints a summary
+Tokenizes a corpus into shards (see `gpt4_lightning.data.prepare.pipeline`), or finds them already prepared; with
+`num_parts`, one part (`part=k`) or the missing parts and then their merge (`data/prepare/parts.py`). Prints a summary
 line and, last, the prepared directory (a part's, with `part=k`), so scripts can take it with
 `DIR=$(python -m gpt4_lightning.prepare ... | tail -n 1)`.
 
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from ..config import to_typed
-from ..data.prepare import prepare, summary
-from ..data.shards import Manifest
-from .launch import launch
+from gpt4_lightning.cli.launch import launch
+from gpt4_lightning.config import to_typed
+from gpt4_lightning.data.prepare.directory import summary
+from gpt4_lightning.data.prepare.pipeline import prepare
+from gpt4_lightning.data.shards import Manifest
 
 
 def run(cfg: DictConfig) -> None:

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         print("error: the report's figure needs matplotlib, which this install lacks; pip install -e '.[report]' "
               "(or '.[dev]')", file=sys.stderr)
         sys.exit(1)
-    from ..reporting.report import write_report
-    from ..training.devices import pick_device
+    from gpt4_lightning.reporting.report import write_report
+    from gpt4_lightning.training.devices import pick_device
 
     try:
         path = write_report(run_dir, args.sample_tokens, str(pick_device(args.device)))

@@ -30,7 +30,7 @@ class RunDirGuard:
         self.dirs = {Path(root) for root, _, _ in os.walk(self.run_dir)}  # inside it
 
     def _guarded(self, run_dir: Path) -> list[Path]:
-        from .run_lock import LOCK
+        from gpt4_lightning.cli.run_lock import LOCK
 
         files = [run_dir / f"{self.job}.log", run_dir / LOCK]  # and the run lock's holder record
         if self.subdir is not None:

@@ -17,9 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
-from ..checkpoint.paths import LAST, checkpoint_dir, resolve_ckpt_path
-from ..training.build import build, callback
-from .launch import launch
+from gpt4_lightning.checkpoint.paths import LAST, checkpoint_dir, resolve_ckpt_path
+from gpt4_lightning.cli.launch import launch
+from gpt4_lightning.run.build import build, callback
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module, datamodule, trainer = build(cfg, ckpt_path)  # imports Lightning only once its checks pass
     import torch  # these load Lightning: after the checks, so a rejected command fails in about a second
 
-    from ..checkpoint.atomic import CheckpointSpaceError
-    from ..training.module import perplexity
-    from ..training.nonfinite import NonFiniteGuard
-    from ..training.stop import GracefulStop
+    from gpt4_lightning.checkpoint.atomic import CheckpointSpaceError
+    from gpt4_lightning.training.module import perplexity
+    from gpt4_lightning.training.nonfinite import NonFiniteGuard
+    from gpt4_lightning.training.stop import GracefulStop
 
     overrides = [o for o in HydraConfig.get().overrides.task
                  if not o.startswith(("ckpt_path=", "run_name=", "hydra.run.dir="))]
@@ -165,7 +165,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def write_run_report(run_dir: Path, sample_tokens: int) -> Path | None:
     """The run's report.md/report.png (rank 0, after training); a failure to write it is logged, never turns a
     finished run into a failed one."""
-    from ..reporting.report import write_report
+    from gpt4_lightning.reporting.report import write_report
 
     try:
         return write_report(run_dir, sample_tokens)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import netrc
 import os
 from datetime import datetime
@@ -15,8 +14,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..training.devices import world_size
-from .schema import OPEN_NODES, SCHEMAS
+from gpt4_lightning.config.schema import OPEN_NODES, SCHEMAS
+from gpt4_lightning.utils.env import world_size
+from gpt4_lightning.utils.names import closest
 
 CONFIG_MODULE = "gpt4_lightning.conf"
 
@@ -115,7 +115,7 @@ def _check_no_added_keys(node: DictConfig, path: str) -> None:
         fields = {f.name for f in dataclasses.fields(schema)}
         extra = sorted(str(k) for k in node if k not in fields)
         if extra:
-            close = difflib.get_close_matches(extra[0], fields, n=1)
+            close = closest(extra[0], fields, n=1)
             hint = (f"did you mean {path}{close[0]}?" if close else
                     f"the keys of {path.rstrip('.') or 'the config'} are: {', '.join(sorted(fields))}")
             raise ValueError(f"{path}{extra[0]} is not a key of this config ({hint}); remove +{path}{extra[0]}=...")

@@ -10,16 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data.config import PrepareCommandConfig, PrepareConfig
-from ..model.config import GPT4Config
-from ..training.config import (
-    NONFINITE_MODES,
-    PREFLIGHT_MODES,
-    OptimConfig,
-    ParallelConfig,
-    SchedulerConfig,
-    TrainerConfig,
-)
+from gpt4_lightning.data.config import PrepareCommandConfig, PrepareConfig
+from gpt4_lightning.model.config import GPT4Config
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.training.config import NONFINITE_MODES, PREFLIGHT_MODES, OptimConfig, SchedulerConfig, TrainerConfig
 
 
 @dataclass

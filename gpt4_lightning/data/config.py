@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .mixture import check_sources
+from gpt4_lightning.data.shards import DataError
 
 SOURCES = ("stdlib", "files", "hf_hub", "mix")
 TOKENIZER_KINDS = ("bpe", "file", "hub")
@@ -145,3 +145,14 @@ class PrepareCommandConfig(PrepareConfig):
             raise ValueError(f"part={self.part} must be in [0, num_parts={self.num_parts}): parts are numbered "
                              f"0..{self.num_parts - 1} (e.g. part=$SLURM_ARRAY_TASK_ID with --array=0-"
                              f"{self.num_parts - 1})")
+
+
+def check_sources(names: list[str], weights: list[float]) -> None:
+    """Names unique, weights > 0 (also checked when the config is typed, before anything is loaded)."""
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"data.sources names must be unique; {', '.join(dup)} given more than once")
+    for name, weight in zip(names, weights, strict=True):
+        if not weight > 0:
+            raise DataError(f"data.sources: weight of {name!r} is {weight}; every weight must be > 0 (drop the "
+                            "source to leave it out)")

@@ -17,20 +17,20 @@ a crash (even SIGKILL) never leaves a manifest that points at a partial shard.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
+
+from gpt4_lightning.utils.files import atomic_writer, sha256_file
 
 MANIFEST = "manifest.json"
 CHECKSUMS = "checksums.sha256"
@@ -52,54 +52,6 @@ class DataError(ValueError):
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every id of the vocabulary."""
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write `path` through a temporary file in its directory, fsync'd and renamed into place on
-    success; on any error the temporary file is removed and `path` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared cache must stay readable
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def check_writable_dir(path: str | os.PathLike, key: str, fix: str | None = None) -> None:
-    """Fail at once, naming `key`, when directory `path` cannot be created or written: a path under a
-    regular file, or under a directory this process may not write. Creates nothing."""
-    path = Path(os.path.abspath(path))
-    fix = fix or f"point {key} at a writable directory"
-    ancestor = path
-    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        where = "is a file" if ancestor == path else f"is under {ancestor}, which is a file"
-        raise ValueError(f"{key}={path} {where}, not a directory; {fix}")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{key}={path}: {ancestor} is not writable; {fix}")
 
 
 @dataclass(frozen=True)

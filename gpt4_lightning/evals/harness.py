@@ -15,24 +15,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import GPT4
-from .next_line import TASK, write_task
+from gpt4_lightning.evals.next_line import TASK, write_task
+from gpt4_lightning.model import GPT4
 
 log = logging.getLogger(__name__)
 
 
 def default_tasks_dir() -> Path:
     """Where the package's own task is written: `<cache>/lm_eval_tasks` (the prepare cache)."""
-    from ..data.prepare import default_cache_dir
+    from gpt4_lightning.utils.env import default_cache_dir
 
     return default_cache_dir() / "lm_eval_tasks"
 
 
 def as_transformers(model: GPT4, eos_id: int | None, pad_id: int | None) -> Any:
     """`GPT4ForCausalLM` over `model`'s own modules (built on meta, then given `model.net`)."""
-    from ..hf.configuration_gpt4 import GPT4LightningConfig
-    from ..hf.export import hf_config
-    from ..hf.modeling_gpt4 import GPT4ForCausalLM
+    from gpt4_lightning.hf.configuration_gpt4 import GPT4LightningConfig
+    from gpt4_lightning.hf.export import hf_config
+    from gpt4_lightning.hf.modeling_gpt4 import GPT4ForCausalLM
 
     dtype = next(model.parameters()).dtype
     config = GPT4LightningConfig(**{k: v for k, v in hf_config(model.config, dtype, eos_id, pad_id).items()
@@ -48,7 +48,7 @@ def tokenizer_for(tokenizer_json: str, eos_token: str | None, max_length: int) -
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from ..hf.export import special_tokens
+    from gpt4_lightning.hf.export import special_tokens
 
     tokenizer = Tokenizer.from_str(tokenizer_json)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special_tokens(tokenizer, eos_token),
@@ -113,7 +113,7 @@ def run_tasks(model: GPT4, tokenizer_json: str, eos_token: str | None, tasks: li
     if unknown:
         raise ValueError(f"tasks={','.join(unknown)}: not an lm-eval task here (neither in its registry nor under "
                          f"{tasks_dir}); {TASK} is built in; put a task YAML with local data files in that folder")
-    from ..hf.export import model_max_length
+    from gpt4_lightning.hf.export import model_max_length
 
     tokenizer = tokenizer_for(tokenizer_json, eos_token, model_max_length(model.config))
     hf = as_transformers(model, tokenizer.eos_token_id, tokenizer.pad_token_id)

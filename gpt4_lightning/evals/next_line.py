@@ -18,6 +18,8 @@ import json
 import random
 from pathlib import Path
 
+from gpt4_lightning.utils.files import write_text
+
 TASK = "gpt4l_next_line"
 CONTEXT_LINES = 8
 CHOICES = 4
@@ -27,9 +29,9 @@ VAL_FRACTION = 0.02  # DataConfig's default: the modules a data=stdlib run holds
 
 def held_out_modules() -> list[str]:
     """The text of every stdlib module the default split holds out, in the corpus order."""
-    from ..data.config import DataConfig
-    from ..data.corpus import Corpus
-    from ..data.prepare import is_val
+    from gpt4_lightning.data.config import DataConfig
+    from gpt4_lightning.data.prepare.corpus import Corpus
+    from gpt4_lightning.data.prepare.directory import is_val
 
     return [text for text in Corpus(DataConfig(source="stdlib")) if is_val(text, VAL_FRACTION)]
 
@@ -101,7 +103,5 @@ def write_task(directory: Path) -> Path:
     for name, text in (("next_line.jsonl", data), (f"{TASK}.yaml", yaml)):
         target = directory / name
         if not target.is_file() or target.read_text() != text:
-            tmp = directory / f".{name}.tmp"
-            tmp.write_text(text)
-            tmp.replace(target)
+            write_text(target, text)
     return directory

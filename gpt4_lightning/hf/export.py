@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from ..model.config import GPT4Config
+from gpt4_lightning.model.config import GPT4Config
+from gpt4_lightning.utils.files import atomic_path, write_text
+from gpt4_lightning.utils.names import DTYPE_NAMES, torch_dtype
 
 HF_DIR = Path(__file__).resolve().parent
 MODEL_DIR = HF_DIR.parent / "model"
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_SHARD_BYTES = 5 * 2**30  # transformers' default max_shard_size ("5GB")
 
 
@@ -112,7 +113,7 @@ def write_weights(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, to
     returns the file names. `tensors` must come in the model's `state_dict` order (shapes from `config`);
     floating tensors are cast to `dtype` one at a time. Each file is written under a temporary name and
     renamed."""
-    from ..model import GPT4
+    from gpt4_lightning.model import GPT4
 
     with torch.device("meta"):
         expected = GPT4.from_config(config).state_dict()
@@ -123,14 +124,13 @@ def write_weights(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, to
     stream = iter(tensors)
     total = 0
     for shard, name in zip(shards, names, strict=True):
-        tmp = out / f".{name}.tmp"
-        total += _write_safetensors(tmp, shard, stream)
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            total += _write_safetensors(tmp, shard, stream)
     (out / INDEX).unlink(missing_ok=True)
     if count > 1:
         index = {"metadata": {"total_size": total},
                  "weight_map": {key: name for shard, name in zip(shards, names, strict=True) for key, _, _ in shard}}
-        _write_text(out / INDEX, json.dumps(index, indent=2))
+        write_text(out / INDEX, json.dumps(index, indent=2))
     return names
 
 
@@ -151,9 +151,9 @@ def model_max_length(config: GPT4Config) -> int:
 
 def write_tokenizer(out: Path, tokenizer_json: str, specials: dict[str, str | None], max_length: int) -> None:
     """tokenizer.json as prepared, and the two small files AutoTokenizer reads beside it."""
-    _write_text(out / "tokenizer.json", tokenizer_json)
-    _write_text(out / "special_tokens_map.json", json.dumps(specials, indent=2))
-    _write_text(out / "tokenizer_config.json", json.dumps(
+    write_text(out / "tokenizer.json", tokenizer_json)
+    write_text(out / "special_tokens_map.json", json.dumps(specials, indent=2))
+    write_text(out / "tokenizer_config.json", json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", **specials, "bos_token": None, "unk_token": None,
          "model_max_length": max_length, "clean_up_tokenization_spaces": False, "add_bos_token": False,
          "add_eos_token": False}, indent=2))
@@ -165,27 +165,21 @@ def export_hf(out: Path, config: GPT4Config, tensors: Iterable[tuple[str, torch.
     """Write the transformers directory `out`: code, config, weights (streamed from `tensors`), tokenizer."""
     from tokenizers import Tokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype} is not one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype={dtype} is not one of {', '.join(DTYPE_NAMES)}")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_str(tokenizer_json)
     specials = special_tokens(tokenizer, eos_token)
     eos_id, pad_id = (tokenizer.token_to_id(specials[k]) if specials[k] else None for k in ("eos_token", "pad_token"))
     for name, text in code_files().items():
-        _write_text(out / name, text)
+        write_text(out / name, text)
     stale = [p for p in out.glob("model*.safetensors")]
-    names = write_weights(out, config, tensors, DTYPES[dtype], max_shard_bytes)
+    names = write_weights(out, config, tensors, torch_dtype(dtype), max_shard_bytes)
     for path in stale:
         if path.name not in names:
             path.unlink()
     write_tokenizer(out, tokenizer_json, specials, model_max_length(config))
-    _write_text(out / "generation_config.json", json.dumps(
+    write_text(out / "generation_config.json", json.dumps(
         {"eos_token_id": eos_id, "pad_token_id": pad_id, "bos_token_id": None}, indent=2))
-    _write_text(out / "config.json", json.dumps(hf_config(config, DTYPES[dtype], eos_id, pad_id), indent=2))
+    write_text(out / "config.json", json.dumps(hf_config(config, torch_dtype(dtype), eos_id, pad_id), indent=2))
     return out
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

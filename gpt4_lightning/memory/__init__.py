@@ -67,11 +67,11 @@ What is approximated
   threshold (`MALLOC_MMAP_THRESHOLD_=131072`) RSS follows the tensors.
 - Pipeline/tensor parallelism, gradient accumulation and CPU offload are not modelled.
 
-The `PeakMemory` callback (gpt4_lightning/callbacks.py) measures what this module plans.
+The `PeakMemory` callback (`training.callbacks`) measures what this module plans.
 """
 
-from .plan import GIB, STRATEGIES, MemoryPlan, ParamGroups, param_groups, plan_memory
-from .simulate import PRECISIONS, Simulation, simulate
+from gpt4_lightning.memory.plan import GIB, STRATEGIES, MemoryPlan, ParamGroups, param_groups, plan_memory
+from gpt4_lightning.memory.simulate import PRECISIONS, Simulation, simulate
 
 __all__ = ["GIB", "PRECISIONS", "STRATEGIES", "MemoryPlan", "ParamGroups", "Simulation", "param_groups",
            "plan_memory", "simulate"]

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from ..model import GPT4, GPT4Config
-from ..training.config import ParallelConfig
-from ..training.parallelize import DTYPES
-from .simulate import PRECISIONS, Simulation, simulate
+from gpt4_lightning.memory.simulate import PRECISIONS, Simulation, simulate
+from gpt4_lightning.model import GPT4, GPT4Config
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.utils.names import torch_dtype
 
 GIB = 2**30
 STRATEGIES = ("single", "ddp", "fsdp")
@@ -122,7 +122,7 @@ def plan_memory(cfg: GPT4Config, *, exact: bool = False, **step: Any) -> MemoryP
     The decoder blocks are identical (with `ac_every=k`: identical runs of k), so every quantity of the plan is
     linear in the depth away from the ends: unless `exact`, the step is simulated at depths 3k, 4k and 5k and,
     where the two increments agree, each phase's peak and its parts extrapolated to the model's depth (a deep
-    model's plan in a second or two; equal to the exact plan, tests/test_memory_plan.py); where they do not,
+    model's plan in a second or two; equal to the exact plan, a test checks); where they do not,
     every block is simulated. `exact=True` always simulates every block."""
     k = step.get("ac_every", 1) if step.get("activation_checkpointing") else 1
     if exact or k < 1 or cfg.depth <= 5 * k or cfg.depth % k:
@@ -171,8 +171,8 @@ def _plan_simulated(cfg: GPT4Config, *, strategy: str = "single", world_size: in
     ParallelConfig(activation_checkpointing, ac_every, param_dtype=param_dtype, reduce_dtype=reduce_dtype)  # checks
     fsdp = strategy == "fsdp"
     orig_dtype, _ = PRECISIONS[precision]
-    compute_dtype = DTYPES[param_dtype] if fsdp and param_dtype else orig_dtype
-    reduce = DTYPES[reduce_dtype] if fsdp and reduce_dtype else compute_dtype
+    compute_dtype = torch_dtype(param_dtype) if fsdp and param_dtype else orig_dtype
+    reduce = torch_dtype(reduce_dtype) if fsdp and reduce_dtype else compute_dtype
     ob, pb, rb = orig_dtype.itemsize, compute_dtype.itemsize, reduce.itemsize
     world = world_size if strategy != "single" else 1
     shard_world = world if fsdp else 1

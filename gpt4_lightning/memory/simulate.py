@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..model import GPT4, GPT4Config
-from ..model.kernels import SDPA
-from ..training.config import ParallelConfig
-from ..training.parallelize import apply_activation_checkpointing
+from gpt4_lightning.model import GPT4, GPT4Config
+from gpt4_lightning.model.kernels import SDPA
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.parallel.parallelize import apply_activation_checkpointing
 
 # precision name (ours and Lightning's) -> (parameter dtype, autocast dtype or None)
 PRECISIONS: dict[str, tuple[torch.dtype, torch.dtype | None]] = {

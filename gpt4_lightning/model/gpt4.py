@@ -87,15 +87,14 @@ class GPT4(AutoregressiveWrapper):
         arguments): plain data both, loadable without pickle by `from_pretrained`."""
         from safetensors.torch import save_file
 
+        from gpt4_lightning.utils.files import atomic_path, write_text  # never reached in an export's copy
+
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = out_dir / ".model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        tmp.replace(out_dir / WEIGHTS)
-        tmp = out_dir / ".config.json.tmp"
-        tmp.write_text(json.dumps(self.config.to_dict(), indent=2))
-        tmp.replace(out_dir / CONFIG)
+        with atomic_path(out_dir / WEIGHTS) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        write_text(out_dir / CONFIG, json.dumps(self.config.to_dict(), indent=2))
         return out_dir
 
     @classmethod
@@ -142,7 +141,7 @@ class GPT4(AutoregressiveWrapper):
 
     def init_modules(self) -> list[tuple[str, nn.Module]]:
         """The modules `init_weights` initialises, by their canonical (state-dict) name: what a sharded
-        initialisation (`training.parallelize.init_sharded_weights`) visits one by one."""
+        initialisation (`parallel.parallelize.init_sharded_weights`) visits one by one."""
         return self.net.init_modules()
 
     def materialize_buffers(self, device: torch.device) -> None:

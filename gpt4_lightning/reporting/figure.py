@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .history import History, Series
+from gpt4_lightning.reporting.history import History, Series
 
 
 def _tokens_axis(history: History, series: Series) -> tuple[np.ndarray, str]:

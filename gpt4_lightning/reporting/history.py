@@ -1,4 +1,4 @@
-"""A run's logged metrics, read back from its `logs/metrics.csv` (every logger keeps one: `training.build`).
+"""A run's logged metrics, read back from its `logs/metrics.csv` (every logger keeps one: `run.build`).
 
 The CSV is written by `training.loggers.ResumableCSVLogger`: one row per logging call, a column per metric, empty
 where a row does not have it. A resumed run appends, so a step logged before a kill and again after the resume

@@ -11,8 +11,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..checkpoint.paths import LAST, checkpoint_dir, step_of
-from .history import History, read_history
+from gpt4_lightning.checkpoint.paths import LAST, checkpoint_dir, step_of
+from gpt4_lightning.reporting.history import History, read_history
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def config_changes(run_dir: Path) -> list[tuple[str, Any, Any]]:
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         return []
-    from ..config.hydra import default_config
+    from gpt4_lightning.config.hydra import default_config
 
     run = flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
     default = flatten(OmegaConf.to_container(default_config("train"), resolve=False))
@@ -50,8 +50,8 @@ def sample_text(run_dir: Path, max_new_tokens: int, device: str = "cpu") -> str 
         return None
     import torch
 
-    from ..checkpoint.load import load_model
-    from ..data.tokenizer import tokenizer_and_eos
+    from gpt4_lightning.checkpoint.load import load_model
+    from gpt4_lightning.data.prepare.tokenizer import tokenizer_and_eos
 
     model, meta = load_model(last, device)
     tokenizer, eos = tokenizer_and_eos(meta["data_dir"], None)
@@ -106,7 +106,7 @@ def write_report(run_dir: str | Path, sample_tokens: int = 64, device: str = "cp
                   "not reached its first logging step).", ""]
     else:
         try:
-            from .figure import plot_report
+            from gpt4_lightning.reporting.figure import plot_report
 
             plot_report(history, run_dir / REPORT_PNG, f"{run_dir.name}: step {history.last_step:,}", entropy)
             lines += [f"![curves]({REPORT_PNG})", ""]

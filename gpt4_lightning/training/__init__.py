@@ -1,6 +1,4 @@
 """The Lightning side: `module.GPT4LitModule` (steps, optimizer, model build), the callbacks (`callbacks`:
-throughput and memory; `nonfinite`: the NaN/Inf guard; `stop`: signals), optimizer groups and schedules
-(`optim`), FLOPs (`flops`), loggers, the typed group configs (`config`), devices and trainer checks
-(`devices`), and `parallelize` (AC -> compile -> FSDP2, applied to the model from outside).
-
-Nothing is imported here: `parallelize` and `config` are used without Lightning (the memory planner)."""
+throughput and memory; `nonfinite`: the NaN/Inf guard; `stop`: signals; `downstream`: in-training lm-eval),
+optimizer groups and schedules (`optim`, `schedule`), FLOPs (`flops`), loggers, the typed configs of the
+`optim`, `scheduler` and `trainer` groups (`config`), and the trainer's device helpers (`devices`)."""

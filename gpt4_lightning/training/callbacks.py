@@ -18,9 +18,9 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
-from ..memory.rss import current_rss, peak_rss, reset_peak_rss
-from .flops import flops_per_token, matmul_params
-from .steps import OptimizerSteps
+from gpt4_lightning.memory.rss import current_rss, peak_rss, reset_peak_rss
+from gpt4_lightning.training.flops import flops_per_token, matmul_params
+from gpt4_lightning.training.steps import OptimizerSteps
 
 GIB = 2**30
 log = logging.getLogger(__name__)
@@ -168,14 +168,14 @@ class MixtureProgress(L.Callback):
 
 class DataStatistics(L.Callback):
     """At the start of training (rank 0, once per launch): `data/unigram_entropy`, the loss of a model that knows
-    only token frequencies, from a bounded sample of the train split (`data.stats`): the reference line of the
+    only token frequencies, from a bounded sample of the train split (`data.prepare.stats`): the reference line of the
     run's report. Written straight to the loggers at the current step (the `log` API has no step for this hook)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         if not trainer.is_global_zero or not trainer.loggers or datamodule is None:
             return
-        from ..data.stats import unigram_entropy
+        from gpt4_lightning.data.prepare.stats import unigram_entropy
 
         sources = [(s.dir, s.weight) for s in getattr(datamodule, "sources", [])] or [(datamodule.data_dir, 1.0)]
         entropy = unigram_entropy(sources)

@@ -1,4 +1,5 @@
-"""The typed configs of the training groups: `optim`, `scheduler`, `trainer`, and the `parallel` key.
+"""The typed configs of the training groups: `optim`, `scheduler`, `trainer`, and the `nonfinite`, `eval` and
+`metrics` keys.
 
 Hydra types every value against these at compose time (a misspelt key or a wrongly typed value fails before
 anything runs); `__post_init__` holds the range checks, run when a composed config becomes these objects.
@@ -7,54 +8,13 @@ anything runs); `__post_init__` holds the range checks, run when a composed conf
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schedule import check_schedule, lr_multiplier
+from gpt4_lightning.training.schedule import check_schedule, lr_multiplier
 
-FSDP_DTYPES = ("fp32", "bf16", "fp16")
 NONFINITE_MODES = ("skip", "stop")  # training.nonfinite.NonFiniteGuard
 PREFLIGHT_MODES = ("error", "warn", "off")  # training.preflight.check_memory
-
-
-@dataclass
-class ParallelConfig:
-    """The `parallel` key: what `parallelize` applies to the model, on any trainer.
-
-    activation_checkpointing: recompute block activations in backward (memory for compute).
-    ac_every: checkpoint every k-th block only (1 = all).
-    compile: `torch.compile` each decoder block.
-    param_dtype / reduce_dtype: FSDP2 mixed precision ("bf16", "fp32", "fp16" or None = the params' dtype):
-        params all-gathered and computed in `param_dtype`, gradients reduce-scattered in `reduce_dtype`.
-        "auto" (the default; see `for_precision`): bf16 / fp32 with precision=bf16-mixed, else None.
-    reshard_after_forward: free gathered block params after forward (ZeRO-3); False keeps them
-        until backward (ZeRO-2-like: more memory, less communication).
-    """
-
-    activation_checkpointing: bool = False
-    ac_every: int = 1
-    compile: bool = False
-    param_dtype: str | None = "auto"
-    reduce_dtype: str | None = "auto"
-    reshard_after_forward: bool = True
-
-    def __post_init__(self) -> None:
-        if self.ac_every < 1:
-            raise ValueError(f"parallel.ac_every={self.ac_every} must be >= 1 (1 checkpoints every block)")
-        for key in ("param_dtype", "reduce_dtype"):
-            value = getattr(self, key)
-            if value is not None and value not in (*FSDP_DTYPES, "auto"):
-                raise ValueError(f"parallel.{key}={value!r} must be one of {sorted(FSDP_DTYPES)}, auto or null")
-
-    def for_precision(self, precision: str) -> ParallelConfig:
-        """Resolve "auto" for Lightning's `precision`: with bf16-mixed, FSDP2 all-gathers bf16 parameters
-        and reduce-scatters fp32 gradients (torchtitan's recipe: half the all-gather traffic, no fp32
-        weights for autocast to cast and cache, fp32 master weights and optimizer state kept); any
-        other precision leaves the parameters' own dtype."""
-        mixed = "bf16-mixed" in precision
-        auto = {"param_dtype": "bf16" if mixed else None, "reduce_dtype": "fp32" if mixed else None}
-        return dataclasses.replace(self, **{k: auto[k] for k in auto if getattr(self, k) == "auto"})
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from .steps import OptimizerSteps
+from gpt4_lightning.training.steps import OptimizerSteps
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class DownstreamEval(L.Callback):
     def __init__(self, tasks: str | None = None, every_n_steps: int = 0, limit: int | None = 100,
                  batch_size: int = 8, tasks_dir: str | None = None) -> None:
-        from ..evals.harness import task_names
+        from gpt4_lightning.evals.harness import task_names
 
         self.tasks = task_names(tasks)
         self.every_n_steps, self.limit, self.batch_size, self.tasks_dir = every_n_steps, limit, batch_size, tasks_dir
@@ -61,7 +61,7 @@ class DownstreamEval(L.Callback):
             return model
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        from ..model import GPT4
+        from gpt4_lightning.model import GPT4
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not pl_module.trainer.is_global_zero:
@@ -73,8 +73,8 @@ class DownstreamEval(L.Callback):
         return copy
 
     def _score(self, model: torch.nn.Module, pl_module: L.LightningModule) -> dict[str, float]:
-        from ..data.tokenizer import run_tokenizer
-        from ..evals.harness import run_tasks, scores
+        from gpt4_lightning.data.prepare.tokenizer import run_tokenizer
+        from gpt4_lightning.evals.harness import run_tasks, scores
 
         meta = {"data_dir": pl_module.data_dir, "data_sources": pl_module.data_sources}
         tokenizer_json, eos_token = run_tokenizer(meta, None, "<|endoftext|>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..model import GPT4Config
+from gpt4_lightning.model import GPT4Config
 
 
 def matmul_params(model: nn.Module) -> int:

@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 
-from ..checkpoint import format as checkpoint_format
-from ..model import GPT4, GPT4Config
-from ..model.kernels import document_ids
-from .config import ParallelConfig
-from .devices import loss_scaler
-from .optim import weight_decay_groups
-from .parallelize import init_sharded_weights, parallelize
+from gpt4_lightning.checkpoint import format as checkpoint_format
+from gpt4_lightning.model import GPT4, GPT4Config
+from gpt4_lightning.model.kernels import document_ids
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.parallel.parallelize import init_sharded_weights, parallelize
+from gpt4_lightning.training.devices import loss_scaler
+from gpt4_lightning.training.optim import weight_decay_groups
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from .config import NONFINITE_MODES
-from .devices import loss_scaler
+from gpt4_lightning.training.config import NONFINITE_MODES
+from gpt4_lightning.training.devices import loss_scaler
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model.embedding import AbsolutePositionalEmbedding, TokenEmbedding
-from .schedule import lr_multiplier
+from gpt4_lightning.model.embedding import AbsolutePositionalEmbedding, TokenEmbedding
+from gpt4_lightning.training.schedule import lr_multiplier
 
 DECAYED_MODULES = (nn.Linear, TokenEmbedding, AbsolutePositionalEmbedding)
 

@@ -24,8 +24,8 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..checkpoint.atomic import AtomicCheckpoint
-from .steps import OptimizerSteps
+from gpt4_lightning.checkpoint.atomic import AtomicCheckpoint
+from gpt4_lightning.training.steps import OptimizerSteps
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class GracefulStop(L.Callback):
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1 and self._group is None:
             # every rank makes it here, in the same order: a collective. Its own group, also over gloo, so
             # that the reduction in flight never interleaves with the strategy's collectives
-            timeout = getattr(trainer.strategy, "_timeout", None)  # collective_timeout_s (training.build)
+            timeout = getattr(trainer.strategy, "_timeout", None)  # parallel.collective_timeout_s (run.build)
             self._group = dist.new_group(backend="gloo", **({"timeout": timeout} if timeout else {}))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,

@@ -22,8 +22,8 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .config import TOKENIZER_KINDS, TokenizerConfig
-from .shards import DataError, Manifest
+from gpt4_lightning.data.config import TOKENIZER_KINDS, TokenizerConfig
+from gpt4_lightning.data.shards import DataError, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,25 +1,21 @@
-"""`prepare(cfg: PrepareConfig)`: text corpus -> tokenizer + token shards + manifest, once per set of inputs.
+"""The prepared directory: where it is (a fingerprint of every input the tokens depend on), whether a complete one
+is there to reuse, and writing one under its lock.
 
-The output directory is `data.dir`, else `<cache>/<data.name>-<fingerprint>`, where the
-fingerprint hashes everything the tokens depend on (the inputs — for files their paths, sizes
-and mtimes —, text_field, val_fraction, shard_tokens, the tokenizer config). So a second call
-with the same inputs finds a complete, checked output and returns at once, and changed inputs
-get a fresh directory instead of silently reusing stale tokens.
+The output directory is `data.dir`, else `<cache>/<data.name>-<fingerprint>`, where the fingerprint hashes
+everything the tokens depend on (the inputs — for files their paths, sizes and mtimes —, text_field, val_fraction,
+shard_tokens, the tokenizer config). So a second prepare with the same inputs finds a complete, checked output and
+returns at once, and changed inputs get a fresh directory instead of silently reusing stale tokens.
 
-Crash safety (a SIGKILL at any point leaves something a re-run repairs, never a manifest over
-partial shards): inputs are read (and the BPE trained) before anything is written, so bad inputs
-fail with the old output intact; the old manifest is removed before the first new file is
-written; every file goes through `atomic_writer`; the manifest is written last; shards left over
-from an older, larger run are removed only after the new manifest is in place. A lock file
-serialises concurrent prepares of one directory (e.g. several ranks starting at once).
+Crash safety (a SIGKILL at any point leaves something a re-run repairs, never a manifest over partial shards):
+inputs are read (and the BPE trained) before anything is written, so bad inputs fail with the old output intact;
+the old manifest is removed before the first new file is written; every file goes through `atomic_writer`; the
+manifest is written last; shards left over from an older, larger run are removed only after the new manifest is in
+place. A lock file serialises concurrent prepares of one directory (e.g. several ranks starting at once).
 
-`prepare num_parts=N [part=k]` (a `PrepareCommandConfig`) prepares the corpus in parts and merges them:
-`data/parts.py`.
-
-Train/val split is by document, by a hash of the document's text (`is_val`): deterministic, streamable
-(no need to know the corpus size), the same in the BPE pass and the encoding pass, and the same wherever a
-document sits, so a corpus prepared in parts (`data/parts.py`) splits exactly as it does whole (and exact
-duplicates never straddle train and val).
+Train/val split is by document, by a hash of the document's text (`is_val`): deterministic, streamable (no need to
+know the corpus size), the same in the BPE pass and the encoding pass, and the same wherever a document sits, so a
+corpus prepared in parts (`parts`) splits exactly as it does whole (and exact duplicates never straddle train and
+val).
 """
 
 from __future__ import annotations
@@ -36,26 +32,18 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from . import tokenizer as tok
-from .config import PrepareCommandConfig, PrepareConfig, TokenizerConfig
-from .corpus import Corpus
-from .encode import batches as _batches
-from .encode import encode as _encode
-from .shards import (
-    MANIFEST,
-    SPLITS,
-    DataError,
-    Manifest,
-    ShardWriter,
-    atomic_writer,
-    check_writable_dir,
-    sha256_file,
-    token_dtype,
-)
+from gpt4_lightning.data.config import PrepareConfig, TokenizerConfig
+from gpt4_lightning.data.prepare import tokenizer as tok
+from gpt4_lightning.data.prepare.corpus import Corpus
+from gpt4_lightning.data.prepare.encode import batches as _batches
+from gpt4_lightning.data.prepare.encode import encode as _encode
+from gpt4_lightning.data.shards import MANIFEST, SPLITS, DataError, Manifest, ShardWriter, token_dtype
+from gpt4_lightning.utils.env import default_cache_dir
+from gpt4_lightning.utils.files import atomic_writer, sha256_file
+from gpt4_lightning.utils.locks import Timeout, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +51,16 @@ SHARD_FORMAT = 1
 # how documents are split (in the fingerprint and the manifest); outputs without it split by document index
 SPLIT_RULE = "content-blake2b"
 
-CACHE_ENV = "GPT4_LIGHTNING_CACHE"
 TOKENIZER_FILE = "tokenizer.json"
 LOCK_FILE = ".prepare.lock"
 _SHARD = re.compile(r"^(train|val)_\d{5,}\.bin$")  # 5 digits, more past 99 999 shards
 _TEMPORARY = re.compile(r"^\.((train|val)_\d{5,}\.bin|tokenizer\.json|manifest\.json|checksums\.sha256)\..+\.tmp$")
 
 
-def default_cache_dir() -> Path:
-    """`$GPT4_LIGHTNING_CACHE`, else `$XDG_CACHE_HOME/gpt4_lightning`, else `~/.cache/gpt4_lightning`."""
-    if env := os.environ.get(CACHE_ENV):
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "gpt4_lightning"
+def _num_proc(cfg: PrepareConfig) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if cfg.num_proc is None else cfg.num_proc
+
 
 
 def fingerprint(corpus: Corpus, tok_cfg: TokenizerConfig, val_fraction: float, shard_tokens: int) -> str:
@@ -163,19 +149,17 @@ def train_tokenizer(corpus: Corpus, cfg: PrepareConfig) -> Tokenizer:
 
 @contextlib.contextmanager
 def locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `out` (released by the OS even on SIGKILL)."""
+    """Hold an exclusive lock on `out` (released by the OS even on SIGKILL) while one process writes it."""
+    lock = exclusive_lock(out / LOCK_FILE)
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another prepare of %s to finish", out)
+        lock.acquire()
+    try:
         yield
-        return
-    with open(out / LOCK_FILE, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another prepare of %s to finish", out)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    finally:
+        lock.release()
 
 
 def reusable(out: Path, fp: str, current: dict[str, Any], verify: bool = False) -> bool:
@@ -217,77 +201,6 @@ def describe_inputs(corpus: Corpus, cfg: PrepareConfig) -> dict[str, Any]:
     """What the manifest's `source` records of the inputs (and what a mismatch is explained by)."""
     return {**corpus.describe(detailed=False), "split": SPLIT_RULE, "val_fraction": cfg.data.val_fraction,
             "shard_tokens": cfg.data.shard_tokens, "tokenizer": tok.describe(cfg.tokenizer)}
-
-
-def prepared_dir(cfg: PrepareConfig | DictConfig) -> Path | None:
-    """`data.dir` when it holds a prepared directory (a manifest): training uses it as it is, its manifest is the
-    contract and the source inputs are not read. None otherwise (`prepare` makes it)."""
-    cfg = as_prepare_config(cfg)
-    if not cfg.data.dir or cfg.overwrite:
-        return None
-    out = Path(cfg.data.dir).expanduser().absolute()
-    if not (out / MANIFEST).is_file():
-        return None
-    log.info("using the prepared data in %s as it is (its manifest; the data.* source inputs are not read)", out)
-    return out
-
-
-def planned_dir(cfg: PrepareConfig | DictConfig) -> Path:
-    """Where `prepare(cfg)` writes (or finds) its output, without preparing: the other ranks of a job read what
-    global rank 0 prepares there."""
-    cfg = as_prepare_config(cfg)
-    if cfg.data.dir:
-        return Path(cfg.data.dir).expanduser().absolute()
-    corpus = Corpus(cfg.data)
-    return output_dir(cfg, fingerprint(corpus, cfg.tokenizer, cfg.data.val_fraction, cfg.data.shard_tokens))
-
-
-def _num_proc(cfg: PrepareConfig) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores if cfg.num_proc is None else cfg.num_proc
-
-
-def as_prepare_config(cfg: PrepareConfig | DictConfig) -> PrepareConfig:
-    """A composed config (`compose_config("prepare" or "train")`, in tests and notebooks) as a `PrepareConfig`:
-    its range checks run here."""
-    if isinstance(cfg, PrepareConfig):
-        return cfg
-    common = dict(data=OmegaConf.to_object(cfg.data), tokenizer=OmegaConf.to_object(cfg.tokenizer),
-                  cache_dir=cfg.cache_dir, overwrite=cfg.overwrite, num_proc=cfg.num_proc)
-    if "num_parts" in cfg:
-        return PrepareCommandConfig(**common, num_parts=cfg.num_parts, part=cfg.part)
-    return PrepareConfig(**common)
-
-
-def prepare(cfg: PrepareConfig | DictConfig) -> Path:
-    """Prepare (or reuse) the shards for `cfg.data` + `cfg.tokenizer`; returns the directory. A
-    `PrepareCommandConfig` with `num_parts > 1` prepares in parts (`data/parts.py`): one part with `part=k` (its
-    directory is returned), else the missing parts and then their merge."""
-    cfg = as_prepare_config(cfg)
-    if cfg.data.source == "mix":
-        raise DataError("data=mix trains on prepared directories and has nothing to prepare: prepare each source on "
-                        "its own (e.g. data=files data.path=<its files> data.dir=<its directory>), with one tokenizer")
-    start = time.perf_counter()
-    corpus = Corpus(cfg.data)  # a missing path fails here
-    tokenizer = tok.load_tokenizer(cfg.tokenizer)  # file/hub (EOS checked); None: BPE, trained below
-    fp = fingerprint(corpus, cfg.tokenizer, cfg.data.val_fraction, cfg.data.shard_tokens)
-    out = output_dir(cfg, fp)
-    current = describe_inputs(corpus, cfg)
-    if not cfg.overwrite and reusable(out, fp, current, cfg.data.verify):
-        return out
-    if cfg.data.dir:  # before the corpus is read: a place that cannot be written fails at once
-        check_writable_dir(out, "data.dir")
-    else:
-        check_writable_dir(out.parent, "cache_dir", "point cache_dir (or $GPT4_LIGHTNING_CACHE) at a writable "
-                           "directory")
-    if isinstance(cfg, PrepareCommandConfig) and (cfg.num_parts > 1 or cfg.part is not None):
-        from .parts import prepare_parts
-
-        return prepare_parts(cfg, corpus, tokenizer, fp, out, current)
-    # Read the corpus (train the BPE) before writing anything: bad input leaves `out` as it was.
-    if tokenizer is None:
-        tokenizer = train_tokenizer(corpus, cfg)
-    return write_prepared(out, corpus, tokenizer, cfg, fp, current, whole=True, start=start)
 
 
 def write_prepared(out: Path, corpus: Corpus, tokenizer: Tokenizer, cfg: PrepareConfig, fp: str,

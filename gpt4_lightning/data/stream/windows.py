@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .shards import REPREPARE, DataError, Manifest, SplitShards, shard_name
+from gpt4_lightning.data.shards import REPREPARE, DataError, Manifest, SplitShards, shard_name
 
 MAX_OPEN_SHARDS = 64  # per process (each DataLoader worker, each rank): any shard count fits `ulimit -n 1024`
 

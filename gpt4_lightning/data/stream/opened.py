@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .mixture import Mixture, Source, load_sources
-from .shards import MANIFEST, REPREPARE, DataError, Manifest
-from .windows import Windows
+from gpt4_lightning.data.shards import MANIFEST, REPREPARE, DataError, Manifest
+from gpt4_lightning.data.stream.mixture import Mixture, Source, load_sources
+from gpt4_lightning.data.stream.windows import Windows
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from .config import PrepareCommandConfig
-from .corpus import Corpus
-from .prepare import (
+from gpt4_lightning.data.config import PrepareCommandConfig
+from gpt4_lightning.data.prepare.corpus import Corpus
+from gpt4_lightning.data.prepare.directory import (
     TOKENIZER_FILE,
     describe_inputs,
     locked,
@@ -45,7 +45,8 @@ from .prepare import (
     train_tokenizer,
     write_prepared,
 )
-from .shards import MANIFEST, SPLITS, DataError, Manifest, SplitShards, atomic_writer, sha256_file
+from gpt4_lightning.data.shards import MANIFEST, SPLITS, DataError, Manifest, SplitShards
+from gpt4_lightning.utils.files import atomic_writer, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .permutation import Permutation, Permutations
-from .shards import MANIFEST, DataError, Manifest
-from .windows import Windows
+from gpt4_lightning.data.config import check_sources
+from gpt4_lightning.data.shards import MANIFEST, DataError, Manifest
+from gpt4_lightning.data.stream.permutation import Permutation, Permutations
+from gpt4_lightning.data.stream.windows import Windows
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +122,6 @@ class Mixture:
         b, o = divmod(int(g), BLOCK)
         labels, _ = self.block(b)
         return b * self.counts + np.bincount(labels[:o], minlength=len(self.names))
-
-
-def check_sources(names: list[str], weights: list[float]) -> None:
-    """Names unique, weights > 0 (also checked when the config is typed, before anything is loaded)."""
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"data.sources names must be unique; {', '.join(dup)} given more than once")
-    for name, weight in zip(names, weights, strict=True):
-        if not weight > 0:
-            raise DataError(f"data.sources: weight of {name!r} is {weight}; every weight must be > 0 (drop the "
-                            "source to leave it out)")
 
 
 def load_sources(sources: list[Source], seq_len: int, max_token_id: int | None, verify: bool,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from .shards import SPLITS
+from gpt4_lightning.data.shards import SPLITS
 
 BATCH_CHARS = 1 << 20  # text per encoding task: large enough to amortise IPC, small enough for a live progress bar
 BATCH_DOCS = 1024

@@ -13,34 +13,35 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig
 
-from ..config import TrainConfig, to_typed
-from ..data.mixture import Source
-from ..data.opened import OpenedData, open_data
-from ..data.prepare import planned_dir, prepare, prepared_dir
-from ..data.shards import MANIFEST
-from .devices import check_trainer, is_global_rank_zero, uses_fsdp
+from gpt4_lightning.config import TrainConfig, to_typed
+from gpt4_lightning.data.prepare.pipeline import planned_dir, prepare, prepared_dir
+from gpt4_lightning.data.shards import MANIFEST
+from gpt4_lightning.data.stream.mixture import Source
+from gpt4_lightning.data.stream.opened import OpenedData, open_data
+from gpt4_lightning.run.checks import check_trainer, uses_fsdp
+from gpt4_lightning.utils.env import is_global_rank_zero
 
 if TYPE_CHECKING:
     import lightning as L
 
-    from ..data.datamodule import GPT4DataModule
-    from .module import GPT4LitModule
+    from gpt4_lightning.data.stream.datamodule import GPT4DataModule
+    from gpt4_lightning.training.module import GPT4LitModule
 
 
 def check_run(cfg: DictConfig, ckpt_path: str | None, here: bool = True) -> TrainConfig:
     """The checks of a run that need no work (no data prepared, no model built, no Lightning): every group's
     ranges, the trainer (against this machine's devices when `here`), the checkpoint it resumes against the
     model, and the memory preflight (against this machine when `here`, else only against
-    `preflight_memory_gib`). A sweep runs them on every point before the first job starts (cli/sweeper.py),
+    `preflight_memory_gib`). A sweep runs them on every point before the first job starts (`cli.sweep.CheckedSweeper`),
     `here=False` for jobs another machine runs."""
     run: TrainConfig = to_typed(cfg)  # the range checks of every group
     check_trainer(cfg.trainer, here=here)
     check_logger_installed(cfg.trainer.get("logger"))
     if ckpt_path is not None:
-        from ..checkpoint.load import check_resumable
+        from gpt4_lightning.checkpoint.load import check_resumable
 
         check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
-    from .preflight import check_memory
+    from gpt4_lightning.run.preflight import check_memory
 
     if here or run.preflight_memory_gib is not None:
         check_memory(run, cfg.trainer, run.preflight, run.preflight_memory_gib)
@@ -75,7 +76,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
     import lightning as L
     from hydra.utils import instantiate
 
-    from .module import GPT4LitModule
+    from gpt4_lightning.training.module import GPT4LitModule
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = data_module(run, data)
@@ -113,7 +114,7 @@ def keep_csv_history(trainer: L.Trainer) -> None:
     keeps none."""
     from hydra.core.hydra_config import HydraConfig
 
-    from .loggers import ResumableCSVLogger
+    from gpt4_lightning.training.loggers import ResumableCSVLogger
 
     if trainer.loggers and not any(isinstance(lg, ResumableCSVLogger) for lg in trainer.loggers):
         run_dir = HydraConfig.get().runtime.output_dir
@@ -152,7 +153,7 @@ def timed_strategy(trainer: DictConfig, timeout_s: int | None) -> dict[str, Any]
 
 @dataclass(frozen=True)
 class RunData:
-    """Where a run's data is and, where this rank checked it, the data opened (`data.opened.OpenedData`)."""
+    """Where a run's data is and, where this rank checked it, the data opened (`data.stream.opened.OpenedData`)."""
 
     data_dir: Path | None
     sources: list[Source]
@@ -189,7 +190,7 @@ def open_run_data(run: TrainConfig) -> RunData:
 
 def data_module(run: TrainConfig, data: RunData) -> GPT4DataModule:
     """The DataModule over `data` (opened by `open_run_data`, or opened in its `setup`)."""
-    from ..data.datamodule import GPT4DataModule
+    from gpt4_lightning.data.stream.datamodule import GPT4DataModule
 
     datamodule = GPT4DataModule(data.data_dir, seq_len=run.data.seq_len, batch_size=run.data.batch_size,
                                 num_workers=run.data.num_workers, seed=run.data.seed, verify=data.verify,

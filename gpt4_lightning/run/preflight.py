@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from ..memory.available import Available, cpu_available, cuda_available
-from ..memory.plan import GIB, MemoryPlan, plan_memory
-from ..model import GPT4Config
-from .config import ParallelConfig
-from .devices import _device_count, is_global_rank_zero, uses_fsdp
+from gpt4_lightning.memory.available import Available, cpu_available, cuda_available
+from gpt4_lightning.memory.plan import GIB, MemoryPlan, plan_memory
+from gpt4_lightning.model import GPT4Config
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.run.checks import _device_count, uses_fsdp
+from gpt4_lightning.utils.env import is_global_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class RunShape:
         """Bytes per rank no plan of this shape exceeds, from the config alone (no model, no simulation):
         parameters over-counted (every head with its own k/v, a GLU feedforward, learned positions), fp32 with
         gradients, AdamW's two states and DDP's buckets, none sharded; activations about twice what the planner
-        finds for these blocks (tests/test_preflight.py checks both against the planner)."""
+        finds for these blocks (a test checks both against the planner)."""
         cfg, tokens = self.model, self.micro_batch * self.seq_len
         inner = cfg.heads * cfg.dim_head
         params = (2 * cfg.num_tokens * cfg.dim + cfg.max_seq_len * cfg.dim

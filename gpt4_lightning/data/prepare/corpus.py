@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import SOURCES, DataConfig
-from .shards import DataError
+from gpt4_lightning.data.config import SOURCES, DataConfig
+from gpt4_lightning.data.shards import DataError
 
 log = logging.getLogger(__name__)
 

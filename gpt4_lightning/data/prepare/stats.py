@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import Manifest
+from gpt4_lightning.data.shards import Manifest
 
 SAMPLE_TOKENS = 1 << 23
 SAMPLE_SHARDS = 64

@@ -20,12 +20,12 @@ import logging
 import torch
 from torch import nn
 
-from ..model import GPT4
-from .config import ParallelConfig
+from gpt4_lightning.model import GPT4
+from gpt4_lightning.parallel.config import ParallelConfig
+from gpt4_lightning.utils.names import torch_dtype
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def apply_activation_checkpointing(blocks: nn.ModuleList, every: int) -> None:
@@ -44,7 +44,7 @@ def apply_compile(blocks: nn.ModuleList) -> None:
 def apply_fsdp(model: GPT4, mesh: object, cfg: ParallelConfig) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mp = MixedPrecisionPolicy(param_dtype=DTYPES.get(cfg.param_dtype), reduce_dtype=DTYPES.get(cfg.reduce_dtype))
+    mp = MixedPrecisionPolicy(param_dtype=torch_dtype(cfg.param_dtype), reduce_dtype=torch_dtype(cfg.reduce_dtype))
     blocks = model.blocks
     for i, block in enumerate(blocks):
         # the last block's params are needed again at once by backward: keep them gathered
@@ -62,7 +62,7 @@ def init_sharded_weights(model: GPT4, seed: int) -> None:
     """
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    from ..model.transformer import module_seed
+    from gpt4_lightning.model.transformer import module_seed
 
     for name, module in model.init_modules():
         owners = [module, *(c for c in module.children() if isinstance(c, nn.Linear))]

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .mixture import Mixture, Source
-from .opened import OpenedData, open_data
-from .permutation import Permutation
-from .shards import MANIFEST, DataError, Manifest
-from .windows import Windows
+from gpt4_lightning.data.shards import MANIFEST, DataError, Manifest
+from gpt4_lightning.data.stream.mixture import Mixture, Source
+from gpt4_lightning.data.stream.opened import OpenedData, open_data
+from gpt4_lightning.data.stream.permutation import Permutation
+from gpt4_lightning.data.stream.windows import Windows
 
 log = logging.getLogger(__name__)
 
