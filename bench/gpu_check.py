@@ -129,8 +129,8 @@ def train_run(args: argparse.Namespace, device: torch.device, model: list[str], 
     planner's peak for the same shape."""
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [*model, "trainer=fsdp", f"data.seq_len={seq}", "data.batch_size=1", f"trainer.max_steps={steps}",
-                     "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "checkpoint_every_n_steps=100000",
-                     "report_sample_tokens=0", "scheduler.warmup_steps=1", f"model.max_seq_len={seq}",
+                     "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "checkpoint.every_n_steps=100000",
+                     "report.sample_tokens=0", "scheduler.warmup_steps=1", f"model.max_seq_len={seq}",
                      f"hydra.run.dir={tmp}/run", *extra]
         if args.cpu:  # a small local corpus: this repository's docs as text
             corpus = Path(tmp) / "corpus.txt"

@@ -138,7 +138,7 @@ def measure_one(name: str, strategy: str, devices: int, batch: int, ac: bool, ar
     cli = ["model=gpt4_125m", *(f"model.{o}" for o in model_overrides), f"data.seq_len={seq}",
            f"data.batch_size={batch}", "trainer.accelerator=cpu", f"trainer.devices={devices}",
            f"trainer.max_steps={args.steps}", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1",
-           "trainer.enable_progress_bar=false", "checkpoint_every_n_steps=100000", "logger=csv",
+           "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=100000", "logger=csv",
            f"parallel.activation_checkpointing={str(ac).lower()}", f"hydra.run.dir={workdir / run_name}",
            *args.train_arg]
     if strategy != "single":

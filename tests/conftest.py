@@ -64,7 +64,7 @@ def train_args(workdir: Path, max_steps: int) -> list[str]:
     return ["data=files", f"data.path={workdir / 'corpus.jsonl'}", "data.seq_len=64", "data.batch_size=8",
             "data.val_fraction=0.1", "tokenizer.vocab_size=512", *TINY_MODEL, f"trainer.max_steps={max_steps}",
             "trainer.val_check_interval=20", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
-            "checkpoint_every_n_steps=20", "scheduler.warmup_steps=5", "optim.lr=3e-3", "run_name=tiny"]
+            "checkpoint.every_n_steps=20", "scheduler.warmup_steps=5", "optim.lr=3e-3", "run_name=tiny"]
 
 
 def logged_losses(run_dir: Path) -> list[tuple[int, float]]:

@@ -28,7 +28,7 @@ STEPS, THREADS = 60, 2
 ARGS = ["model=gpt4_tiny", "model.num_tokens=512", "tokenizer.vocab_size=512", "precision=fp32", "seed=1234",
         "data=files", "data.seq_len=64", "data.batch_size=8", "data.val_fraction=0.05", f"trainer.max_steps={STEPS}",
         "trainer.accelerator=cpu", "trainer.val_check_interval=30", "trainer.limit_val_batches=4",
-        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "checkpoint_every_n_steps=1000",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=1000",
         "scheduler=warmup_cosine", "scheduler.warmup_steps=10", "optim.lr=3e-3", "run_name=golden", "num_proc=1"]
 
 NAMES = ["total", "count", "items", "value", "index", "node", "left", "right", "key", "size"]

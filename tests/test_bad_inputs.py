@@ -83,7 +83,7 @@ def bad(workdir) -> SimpleNamespace:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir()
-    common = with_args(train_args(workdir, 5), "model.use_abs_pos_emb=true", "checkpoint_every_n_steps=5",
+    common = with_args(train_args(workdir, 5), "model.use_abs_pos_emb=true", "checkpoint.every_n_steps=5",
                        "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false")
     run(workdir, "train", *with_args(common, f"run_name={BASE_RUN}"))
     ckpt = workdir / "outputs" / BASE_RUN / "checkpoints" / "last.ckpt"

@@ -30,7 +30,7 @@ def test_train_and_evaluate_from_a_prepared_dir_alone_with_more_shards_than_open
     # no data.path, no tokenizer settings: the default data=stdlib inputs are never read, the manifest says it all
     args = [f"data.dir={prepared}", "data.seq_len=64", "data.batch_size=8", "data.num_workers=2", *TINY_MODEL,
             "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.limit_val_batches=2",
-            "checkpoint_every_n_steps=4", "run_name=from_dir", "trainer.enable_progress_bar=false"]
+            "checkpoint.every_n_steps=4", "run_name=from_dir", "trainer.enable_progress_bar=false"]
     proc = run_with_open_file_limit(workdir, limit, "train", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"using the prepared data in {prepared} as it is" in proc.stdout + proc.stderr

@@ -30,7 +30,7 @@ def test_two_processes_match_one_with_the_same_global_batch(workdir, strategy, t
     cache = tmp_path / "cold" if strategy == "ddp" else None
     # FSDP with the in-training lm-eval on (rank 0 scores the gathered weights at steps 5 and 10): the losses
     # below still equal the 1-process run's without it
-    downstream = ["eval_tasks=gpt4l_next_line", "eval_every_n_steps=5", "eval_limit=4"] if strategy == "fsdp" else []
+    downstream = ["eval.tasks=gpt4l_next_line", "eval.every_n_steps=5", "eval.limit=4"] if strategy == "fsdp" else []
     proc = run(workdir, "train", *args(workdir, f"two_{strategy}", f"trainer={strategy}", "trainer.accelerator=cpu",
                                        "trainer.devices=2", "data.batch_size=4", *downstream), cache=cache)
     if cache is not None:

@@ -53,7 +53,7 @@ def test_a_step_that_does_not_log_reads_nothing_back_from_the_device(workdir, tm
     every = 4
     overrides = [a for a in train_args(workdir, 12) if not a.startswith("trainer.log_every_n_steps=")]
     cfg = compose_config("train", [*overrides, f"trainer.log_every_n_steps={every}", "trainer.limit_val_batches=0",
-                                   "trainer.enable_progress_bar=true", "logger=none", "checkpoint_every_n_steps=1000",
+                                   "trainer.enable_progress_bar=true", "logger=none", "checkpoint.every_n_steps=1000",
                                    f"hydra.run.dir={tmp_path}"])
     module, datamodule, trainer = build(cfg)
     probe = ReadsPerStep()

@@ -32,7 +32,7 @@ CHECKED = {
     "experiment": {"smoke": "run", "gpt4_125m_fsdp": "gpu"},
 }
 SMOKE_STEPS = ["trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
-               "trainer.log_every_n_steps=1", "checkpoint_every_n_steps=3", "report_sample_tokens=8",
+               "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=3", "report.sample_tokens=8",
                "scheduler.warmup_steps=1"]
 
 

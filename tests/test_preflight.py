@@ -112,10 +112,10 @@ def test_gpt4_2b_is_refused_here_with_a_fix_the_planner_says_fits(workdir):
 
 def test_preflight_warn_runs_what_error_refuses(workdir):
     tiny = [*train_args(workdir, 2), "run_name=preflight_warn", "trainer.limit_val_batches=0",
-            "preflight_memory_gib=0.01"]
+            "preflight.memory_gib=0.01"]
     refused = run(workdir, "train", *tiny, check=False)
     assert refused.returncode == 1 and "error: preflight:" in refused.stderr, refused.stderr[-2000:]
-    ran = run(workdir, "train", *tiny, "preflight=warn")
+    ran = run(workdir, "train", *tiny, "preflight.mode=warn")
     assert "preflight: this run's memory plan is" in ran.stdout + ran.stderr and "steps: 2" in ran.stdout
 
 
@@ -199,7 +199,7 @@ def test_a_bad_sweep_point_stops_the_sweep_before_any_job(workdir):
     assert not sweep.exists() and "Launching" not in proc.stdout  # nothing ran, nothing was written
     # a point too big for its memory is found the same way, by the preflight
     proc = run(workdir, "train", "-m", *train_args(workdir, 2), f"hydra.sweep.dir={sweep}",
-               "preflight_memory_gib=100,0.01", check=False)
-    assert proc.returncode == 1 and "error: #1 (preflight_memory_gib=0.01" in proc.stderr, proc.stderr[-3000:]
+               "preflight.memory_gib=100,0.01", check=False)
+    assert proc.returncode == 1 and "error: #1 (preflight.memory_gib=0.01" in proc.stderr, proc.stderr[-3000:]
     assert "preflight: this run's memory plan is" in proc.stderr
     assert not sweep.exists()

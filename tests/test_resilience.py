@@ -22,8 +22,8 @@ STEPS, EVERY = 120, 20
 
 def args(workdir: Path, name: str, *extra: str) -> list[str]:
     base = [a for a in train_args(workdir, STEPS) if not a.startswith(("run_name=", "trainer.log_every_n_steps=",
-                                                                       "checkpoint_every_n_steps="))]
-    return [*base, f"run_name={name}", "trainer.log_every_n_steps=1", f"checkpoint_every_n_steps={EVERY}",
+                                                                       "checkpoint.every_n_steps="))]
+    return [*base, f"run_name={name}", "trainer.log_every_n_steps=1", f"checkpoint.every_n_steps={EVERY}",
             "trainer.enable_progress_bar=false", *extra]
 
 
@@ -83,7 +83,7 @@ def assert_same_from(resumed: dict[int, float], reference: dict[int, float], fir
 
 # fsdp runs with the in-training lm-eval on (rank 0 scores the gathered weights every 40 steps): the stream and
 # the resume must not notice it
-DOWNSTREAM = ["eval_tasks=gpt4l_next_line", "eval_every_n_steps=40", "eval_limit=4"]
+DOWNSTREAM = ["eval.tasks=gpt4l_next_line", "eval.every_n_steps=40", "eval.limit=4"]
 EVAL_METRIC = "eval/gpt4l_next_line/acc"
 # one process trains on the warmup-stable-decay schedule, decaying from step 12 of 120: the kill and the resume
 # (after step 20) land mid-decay
@@ -206,8 +206,8 @@ def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path):
 
 def test_keep_last_k_rotates_but_keeps_last(workdir):
     run_dir = workdir / "outputs" / "rotate"
-    run(workdir, "train", *args(workdir, "rotate", "trainer.max_steps=50", "checkpoint_every_n_steps=10",
-                                "keep_last_checkpoints=2", "trainer.limit_val_batches=0"))
+    run(workdir, "train", *args(workdir, "rotate", "trainer.max_steps=50", "checkpoint.every_n_steps=10",
+                                "checkpoint.keep_last=2", "trainer.limit_val_batches=0"))
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step000040.ckpt", "step000050.ckpt"], names
     assert os.path.realpath(run_dir / "checkpoints" / "last.ckpt").endswith("step000050.ckpt")
@@ -244,7 +244,7 @@ def fit_with_poison(workdir, tmp_path, monkeypatch, nonfinite: str, *extra: str,
 
     monkeypatch.setenv("GPT4_LIGHTNING_CACHE", str(workdir / "cache"))
     cfg = compose_config("train", [*args(workdir, "poison", "trainer.max_steps=8", "trainer.limit_val_batches=0",
-                                         f"nonfinite={nonfinite}", "logger=none", *extra),
+                                         f"nonfinite.mode={nonfinite}", "logger=none", *extra),
                                    f"hydra.run.dir={tmp_path}"])
     module, datamodule, trainer = build(cfg)
     if not stops:
@@ -310,7 +310,7 @@ def test_once_stopping_the_guard_skips_every_update_whenever_the_stop_comes(work
 
 
 def test_nonfinite_stop_through_the_cli_is_one_error_line(workdir):
-    proc = run(workdir, "train", *args(workdir, "diverge", "optim.lr=1e30", "nonfinite=stop",
+    proc = run(workdir, "train", *args(workdir, "diverge", "optim.lr=1e30", "nonfinite.mode=stop",
                                        "trainer.gradient_clip_val=null"), check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -374,7 +374,7 @@ def test_a_full_disk_names_the_lost_checkpoint_keeps_the_last_and_resumes(workdi
     ckpts = run_dir / "checkpoints"
     assert "step 40's checkpoint was not written: no space left on the device" in line, line
     assert f"the last complete checkpoint is {(ckpts / 'step000020.ckpt').resolve()} (" in line
-    assert "keep_last_checkpoints" in line and "resume: python -m gpt4_lightning.train" in line
+    assert "checkpoint.keep_last" in line and "resume: python -m gpt4_lightning.train" in line
     assert not (ckpts / ".tmp-step000040.ckpt").exists()  # the partial one removed at once
     assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt") and "Traceback" not in err
     resumed = run(workdir, "train", *args(workdir, "disk_full", "ckpt_path=last"))
@@ -392,7 +392,7 @@ def test_a_hung_rank_ends_the_run_after_collective_timeout_s(workdir, tmp_path):
     # output to files: the stopped rank holds the pipes' write ends open, so a pipe would never reach EOF
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err_file:
         proc = subprocess.Popen([sys.executable, "-m", "gpt4_lightning.train",
-                                 *args(workdir, "rank_hung", *fsdp, FLUSH, "collective_timeout_s=30")],
+                                 *args(workdir, "rank_hung", *fsdp, FLUSH, "parallel.collective_timeout_s=30")],
                                 cwd=workdir, env=env, stdout=out, stderr=err_file, start_new_session=True)
         try:
             wait_past_checkpoint(run_dir, proc)

@@ -98,7 +98,7 @@ def test_submitit_requeued_sweep_point_resumes_from_its_checkpoint(slurm, workdi
     job and exits; the requeued job runs the same sweep point in the same directory, and ckpt_path=auto resumes
     it from its newest periodic checkpoint. The submitting command waits through it all."""
     sweep, max_steps = workdir / "multirun" / "slurm_requeue", 300
-    cmd = sweep_command(slurm, sweep, workdir, max_steps, "checkpoint_every_n_steps=10",
+    cmd = sweep_command(slurm, sweep, workdir, max_steps, "checkpoint.every_n_steps=10",
                         "trainer.limit_val_batches=0")
     with subprocess.Popen(cmd, cwd=workdir, env={**slurm.env, **job_env(workdir)}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as proc:
@@ -133,7 +133,7 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, work
     same run directory) resumes with ckpt_path=auto and ends at max_steps with every step done once."""
     max_steps = 300
     args = tiny(workdir, max_steps, "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0",
-                "checkpoint_every_n_steps=10")
+                "checkpoint.every_n_steps=10")
     job = slurm.submit(*CPU_JOB, str(SBATCH), "trainer.accelerator=cpu", *args, env=job_env(workdir), cwd=workdir)
     run_dir = workdir / "outputs" / f"slurm-{job}"
     first = run_dir / "checkpoints" / "step000010.ckpt"

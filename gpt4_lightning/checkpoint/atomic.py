@@ -45,7 +45,7 @@ class AtomicCheckpoint(L.Callback):
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100, keep_last_k: int | None = None) -> None:
         if keep_last_k is not None and keep_last_k < 1:
-            raise ValueError(f"keep_last_checkpoints={keep_last_k} must be >= 1 or null (keep all)")
+            raise ValueError(f"checkpoint.keep_last={keep_last_k} must be >= 1 or null (keep all)")
         self.dirpath = Path(dirpath)
         self.every_n_train_steps, self.keep_last_k = every_n_train_steps, keep_last_k
         self.last_saved_step: int | None = None
@@ -122,7 +122,7 @@ class AtomicCheckpoint(L.Callback):
         free = shutil.disk_usage(self.dirpath).free
         reason = "disk quota exceeded" if e.errno == errno.EDQUOT else "no space left on the device"
         return (f"step {step}'s checkpoint was not written: {reason} of {self.dirpath} ({_mib(free)} free, the "
-                f"partial one removed); {kept}; free space, keep fewer checkpoints (keep_last_checkpoints=2), or "
+                f"partial one removed); {kept}; free space, keep fewer checkpoints (checkpoint.keep_last=2), or "
                 "write the run elsewhere (hydra.run.dir on a larger disk)")
 
     def _rotate(self, keep: Path) -> None:

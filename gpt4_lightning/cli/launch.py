@@ -113,6 +113,23 @@ def check_overrides(config_name: str, argv: list[str]) -> DictConfig | None:
         sys.exit(2)
 
 
+def check_renamed_keys(config_name: str, overrides: list[str]) -> None:
+    """An old top-level spelling (`checkpoint_every_n_steps=10`, `nonfinite=stop`; `config.schema.RENAMED_KEYS`) ends
+    in one `error:` line naming the new key, in a single run and in a sweep (`-m`) alike."""
+    if config_name != "train":
+        return
+    from gpt4_lightning.config.schema import renamed
+
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or key.startswith("-"):
+            continue
+        message = renamed(key.lstrip("+~"), value if not value.startswith("{") else None)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+
 def _parsed(overrides: list[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -168,6 +185,7 @@ def launch(config_name: str, fn: Callable[[DictConfig], Any], lock_run_dir: bool
     from gpt4_lightning.cli.sweep import CheckedSweeper
 
     plugins.register(CheckedSweeper)  # the scan misses an editable install's hydra_plugins
+    check_renamed_keys(config_name, sys.argv[1:])
     cfg = check_overrides(config_name, sys.argv)
     guard = None
     lock = None

@@ -5,7 +5,7 @@ Hydra's basic sweeper launches the points in order and learns that point #57 is 
 (`run.build.check_run`: ranges, trainer, checkpoint, memory preflight), then the launch goes ahead; one bad
 point ends the command with one line naming it, `error: #1 (optim.lr=-1): optim.lr=-1 must be a number > 0`, and
 nothing is launched or written. Points that run on other machines (any launcher but Hydra's local one, e.g.
-`hydra/launcher=slurm`) are not compared with this machine's devices and memory; `preflight_memory_gib` still
+`hydra/launcher=slurm`) are not compared with this machine's devices and memory; `preflight.memory_gib` still
 applies.
 """
 

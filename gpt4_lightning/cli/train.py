@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(ValueError):
-    """Training stopped on a NaN/Inf loss or gradient (`nonfinite=stop`): a bad input or hyperparameter,
+    """Training stopped on a NaN/Inf loss or gradient (`nonfinite.mode=stop`): a bad input or hyperparameter,
     reported as one `error:` line like other bad input."""
 
 
@@ -155,7 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "generate: " + command("generate", [f"ckpt_path={last}", "prompt=def fib(n):"]),  # generate quotes it
             "evaluate: " + command("evaluate", [f"ckpt_path={last}"]),
         ]
-        report = write_run_report(run_dir, cfg.report_sample_tokens)
+        report = write_run_report(run_dir, cfg.report.sample_tokens)
         if report is not None:
             lines.append(f"report:   {report} (curves: {report.with_name('report.png')})")
         print("\n".join(lines), flush=True)

@@ -10,62 +10,96 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gpt4_lightning.checkpoint.config import CheckpointConfig
 from gpt4_lightning.data.config import PrepareCommandConfig, PrepareConfig
 from gpt4_lightning.model.config import GPT4Config
 from gpt4_lightning.parallel.config import ParallelConfig
-from gpt4_lightning.training.config import NONFINITE_MODES, PREFLIGHT_MODES, OptimConfig, SchedulerConfig, TrainerConfig
+from gpt4_lightning.training.config import (
+    EvalConfig,
+    MetricsConfig,
+    NonFiniteConfig,
+    OptimConfig,
+    SchedulerConfig,
+    TrainerConfig,
+)
+
+PREFLIGHT_MODES = ("error", "warn", "off")  # run.preflight.check_memory
+
+# the top-level keys that became keys of a group; the old spelling is refused naming the new one
+RENAMED_KEYS = {
+    "checkpoint_every_n_steps": "checkpoint.every_n_steps", "keep_last_checkpoints": "checkpoint.keep_last",
+    "nonfinite": "nonfinite.mode", "nonfinite_max_consecutive": "nonfinite.max_consecutive",
+    "eval_tasks": "eval.tasks", "eval_every_n_steps": "eval.every_n_steps", "eval_limit": "eval.limit",
+    "preflight": "preflight.mode", "preflight_memory_gib": "preflight.memory_gib",
+    "collective_timeout_s": "parallel.collective_timeout_s", "report_sample_tokens": "report.sample_tokens",
+    "peak_tflops": "metrics.peak_tflops",
+}
+
+
+def renamed(key: str, value: object = None) -> str | None:
+    """The error for an old top-level spelling (`checkpoint_every_n_steps=10`), naming the new key; None for any
+    other key. `nonfinite` and `preflight` are now groups: a string given to them is their old value."""
+    new = RENAMED_KEYS.get(key)
+    if new is None or (key in ("nonfinite", "preflight") and not isinstance(value, str)):
+        return None
+    shown = "" if value is None else f"={value}"
+    return f"{key} is now {new}: write {new}{shown}"
+
+
+@dataclass
+class PreflightConfig:
+    """`preflight`: the memory plan per rank against this machine, before anything is built (`run.preflight`).
+
+    mode: error (refuse a run that cannot fit, naming changes that do) | warn (log it, run anyway) | off.
+    memory_gib: memory one rank may use; null: this machine's (MemAvailable, cgroup limit; a GPU's free memory).
+    """
+
+    mode: str = "error"
+    memory_gib: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in PREFLIGHT_MODES:
+            raise ValueError(f"preflight.mode={self.mode!r} must be error, warn or off")
+        if self.memory_gib is not None and not self.memory_gib > 0:
+            raise ValueError(f"preflight.memory_gib={self.memory_gib} must be a number > 0 or null")
+
+
+@dataclass
+class ReportConfig:
+    """`report`: report.md/report.png written into the run directory at the end (`reporting.report`).
+    sample_tokens: tokens sampled from last.ckpt for it (0: no sample)."""
+
+    sample_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.sample_tokens < 0:
+            raise ValueError(f"report.sample_tokens={self.sample_tokens} must be >= 0 (0: no sample)")
 
 
 @dataclass
 class TrainConfig(PrepareConfig):
-    """`python -m gpt4_lightning.train`: the model, data (prepared on the way), trainer and run keys."""
+    """`python -m gpt4_lightning.train`: the model, data (prepared on the way), trainer, the run's groups and keys.
+    The defaults live here (conf/train.yaml holds only the defaults list and Hydra's settings)."""
 
     model: GPT4Config = field(default_factory=GPT4Config)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    run_name: str | None = None  # names the run directory (outputs/<run_name>); reuse it to resume
-    ckpt_path: str | None = None  # null | last | auto | a checkpoint path (see checkpoint.paths)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    nonfinite: NonFiniteConfig = field(default_factory=NonFiniteConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    run_name: str | None = None  # names the run directory (outputs/<run_name>); reuse it with ckpt_path=last to resume
+    # null: start fresh; last: resume this run dir's last checkpoint (error if none); auto: resume it if there is
+    # one, else start fresh (Slurm requeues); or a checkpoint path (checkpoint.paths)
+    ckpt_path: str | None = None
     seed: int = 1234
-    peak_tflops: float | None = None  # one device's peak for MFU; null: Lightning's table of known GPUs
-    checkpoint_every_n_steps: int = 100
-    keep_last_checkpoints: int | None = None
-    nonfinite: str = "skip"  # skip | stop
-    nonfinite_max_consecutive: int = 10
-    eval_tasks: str | None = None  # lm-eval tasks during training, comma-separated (training.downstream)
-    eval_every_n_steps: int = 0  # 0: off
-    eval_limit: int | None = 100  # items per task at each in-training eval
-    preflight: str = "error"  # error | warn | off: the memory plan against this machine (training.preflight)
-    preflight_memory_gib: float | None = None  # memory per rank to plan for; null: what this machine has
-    collective_timeout_s: int | None = None  # a hung peer ends the run after this; null: 600 (NCCL), 900 (gloo)
-    report_sample_tokens: int = 64  # the end-of-run report's sample from last.ckpt (0: none; reporting.report)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.eval_every_n_steps < 0:
-            raise ValueError(f"eval_every_n_steps={self.eval_every_n_steps} must be >= 0 (0: off)")
-        if self.eval_every_n_steps and not self.eval_tasks:
-            raise ValueError("eval_every_n_steps is set but eval_tasks is not: add eval_tasks=gpt4l_next_line (or "
-                             "another lm-eval task with local data)")
-        if self.checkpoint_every_n_steps <= 0:
-            raise ValueError(f"checkpoint_every_n_steps={self.checkpoint_every_n_steps} must be an integer > 0")
-        if self.keep_last_checkpoints is not None and self.keep_last_checkpoints < 1:
-            raise ValueError(f"keep_last_checkpoints={self.keep_last_checkpoints} must be >= 1 or null (keep all)")
-        if self.preflight not in PREFLIGHT_MODES:
-            raise ValueError(f"preflight={self.preflight!r} must be error, warn or off")
-        if self.preflight_memory_gib is not None and not self.preflight_memory_gib > 0:
-            raise ValueError(f"preflight_memory_gib={self.preflight_memory_gib} must be a number > 0 or null")
-        if self.collective_timeout_s is not None and self.collective_timeout_s < 1:
-            raise ValueError(f"collective_timeout_s={self.collective_timeout_s} must be >= 1 or null")
-        if self.report_sample_tokens < 0:
-            raise ValueError(f"report_sample_tokens={self.report_sample_tokens} must be >= 0 (0: no sample)")
-        if self.nonfinite not in NONFINITE_MODES:
-            raise ValueError(f"nonfinite={self.nonfinite!r} must be 'skip' or 'stop'")
-        if self.nonfinite_max_consecutive < 0:
-            raise ValueError(f"nonfinite_max_consecutive={self.nonfinite_max_consecutive} must be >= 0")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise ValueError(f"peak_tflops={self.peak_tflops} must be > 0 or null")
         if self.data.seq_len > self.model.max_seq_len:
             raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}; "
                              "lower data.seq_len or raise model.max_seq_len")

@@ -20,6 +20,8 @@ class ParallelConfig:
         "auto" (the default; see `for_precision`): bf16 / fp32 with precision=bf16-mixed, else None.
     reshard_after_forward: free gathered block params after forward (ZeRO-3); False keeps them
         until backward (ZeRO-2-like: more memory, less communication).
+    collective_timeout_s: a rank hung in a collective ends the run after this many seconds; null: 600 on GPU
+        (NCCL), 900 on CPU (gloo). The in-training evals run inside it (the other ranks wait).
     """
 
     activation_checkpointing: bool = False
@@ -28,8 +30,11 @@ class ParallelConfig:
     param_dtype: str | None = "auto"
     reduce_dtype: str | None = "auto"
     reshard_after_forward: bool = True
+    collective_timeout_s: int | None = None
 
     def __post_init__(self) -> None:
+        if self.collective_timeout_s is not None and self.collective_timeout_s < 1:
+            raise ValueError(f"parallel.collective_timeout_s={self.collective_timeout_s} must be >= 1 or null")
         if self.ac_every < 1:
             raise ValueError(f"parallel.ac_every={self.ac_every} must be >= 1 (1 checkpoints every block)")
         for key in ("param_dtype", "reduce_dtype"):

@@ -32,7 +32,7 @@ def check_run(cfg: DictConfig, ckpt_path: str | None, here: bool = True) -> Trai
     """The checks of a run that need no work (no data prepared, no model built, no Lightning): every group's
     ranges, the trainer (against this machine's devices when `here`), the checkpoint it resumes against the
     model, and the memory preflight (against this machine when `here`, else only against
-    `preflight_memory_gib`). A sweep runs them on every point before the first job starts (`cli.sweep.CheckedSweeper`),
+    `preflight.memory_gib`). A sweep runs them on every point before the first job starts (`cli.sweep.CheckedSweeper`),
     `here=False` for jobs another machine runs."""
     run: TrainConfig = to_typed(cfg)  # the range checks of every group
     check_trainer(cfg.trainer, here=here)
@@ -43,8 +43,8 @@ def check_run(cfg: DictConfig, ckpt_path: str | None, here: bool = True) -> Trai
         check_resumable(ckpt_path, run.model, sharded_ok=uses_fsdp(cfg.trainer))
     from gpt4_lightning.run.preflight import check_memory
 
-    if here or run.preflight_memory_gib is not None:
-        check_memory(run, cfg.trainer, run.preflight, run.preflight_memory_gib)
+    if here or run.preflight.memory_gib is not None:
+        check_memory(run, cfg.trainer, run.preflight.mode, run.preflight.memory_gib)
     return run
 
 
@@ -86,7 +86,7 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
                            data_sources=[{"name": s.name, "dir": str(s.dir), "weight": s.weight}
                                          for s in datamodule.sources] or None,
                            document_mask=run.data.document_mask)
-    trainer = instantiate(cfg.trainer, **timed_strategy(cfg.trainer, run.collective_timeout_s),
+    trainer = instantiate(cfg.trainer, **timed_strategy(cfg.trainer, run.parallel.collective_timeout_s),
                           **progress_bar(cfg.trainer))
     keep_csv_history(trainer)
     return module, datamodule, trainer
@@ -127,7 +127,7 @@ TIMED_STRATEGIES = ("DDPStrategy", "ModelParallelStrategy", "FSDPStrategy")
 
 
 def timed_strategy(trainer: DictConfig, timeout_s: int | None) -> dict[str, Any]:
-    """`{"strategy": <the trainer's DDP/FSDP strategy with its collective timeout>}` (`collective_timeout_s`, or
+    """`{"strategy": <the trainer's DDP/FSDP strategy with its collective timeout>}` (`parallel.collective_timeout_s`, or
     per backend: 10 min for NCCL, 15 for gloo), or {} for a single-device trainer."""
     from datetime import timedelta
 

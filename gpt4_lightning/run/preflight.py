@@ -1,7 +1,7 @@
 """The memory preflight of `train`: the run's planned peak per rank against what this machine has, before the
 data, the model or Lightning exists.
 
-`preflight=error` (default) refuses a run whose plan (`memory.plan_memory`, depth-extrapolated: seconds
+`preflight.mode=error` (default) refuses a run whose plan (`memory.plan_memory`, depth-extrapolated: seconds
 for gpt4_2b) plus the process's own overhead exceeds what one rank may use (`memory.available`), with one line:
 the plan and its biggest parts, what is available, and the changes the planner says fit. `warn` logs that line
 and goes on; `off` skips it. Within 10 % of the limit a warning is logged. A run that fits by a wide margin
@@ -31,7 +31,7 @@ SCALE_OUT = 64  # try up to this many times the processes
 
 
 class PreflightError(ValueError):
-    """The run's plan does not fit this machine (`preflight=error`)."""
+    """The run's plan does not fit this machine (`preflight.mode=error`)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def check_memory(run, trainer: DictConfig, mode: str, limit_gib: float | None = 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     shape = run_shape(run, trainer, gpus)
     if limit_gib is not None:
-        available = Available(int(limit_gib * GIB), f"preflight_memory_gib={limit_gib:g}")
+        available = Available(int(limit_gib * GIB), f"preflight.memory_gib={limit_gib:g}")
     elif shape.device == "cuda":
         found = _device_count(trainer.get("devices", "auto"))
         available = cuda_available(found[1][0] if found and found[1] else 0)
@@ -187,7 +187,7 @@ def check_memory(run, trainer: DictConfig, mode: str, limit_gib: float | None = 
         return
     fixes = suggest(shape, available.per_rank, gpus)
     advice = ("fits with: " + "; or ".join(fixes)) if fixes else "no change the planner tried fits"
-    message = f"{what}: it would be killed for lack of memory; {advice}; or preflight=warn to try anyway"
+    message = f"{what}: it would be killed for lack of memory; {advice}; or preflight.mode=warn to try anyway"
     if mode == "warn":
         log.warning("%s", message)
         return

@@ -14,7 +14,58 @@ from typing import Any
 from gpt4_lightning.training.schedule import check_schedule, lr_multiplier
 
 NONFINITE_MODES = ("skip", "stop")  # training.nonfinite.NonFiniteGuard
-PREFLIGHT_MODES = ("error", "warn", "off")  # training.preflight.check_memory
+
+
+@dataclass
+class NonFiniteConfig:
+    """`nonfinite`: what a NaN/Inf loss or gradient norm does (`nonfinite.NonFiniteGuard`).
+
+    mode: skip (the step's update is skipped, logged as train/nonfinite_steps) | stop (checkpoint the weights from
+        before the bad step and exit with an error).
+    max_consecutive: with skip, stop as with `stop` after this many bad steps in a row.
+    """
+
+    mode: str = "skip"
+    max_consecutive: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mode not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite.mode={self.mode!r} must be 'skip' or 'stop'")
+        if self.max_consecutive < 0:
+            raise ValueError(f"nonfinite.max_consecutive={self.max_consecutive} must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """`eval`: lm-eval tasks scored on the model during training (`downstream.DownstreamEval`; needs `.[eval]`).
+
+    tasks: comma-separated task names (gpt4l_next_line is built in); null: off.
+    every_n_steps: every this many optimizer steps (0: off); logs eval/<task>/<metric>.
+    limit: items per task each time (null: every item).
+    """
+
+    tasks: str | None = None
+    every_n_steps: int = 0
+    limit: int | None = 100
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps < 0:
+            raise ValueError(f"eval.every_n_steps={self.every_n_steps} must be >= 0 (0: off)")
+        if self.every_n_steps and not self.tasks:
+            raise ValueError("eval.every_n_steps is set but eval.tasks is not: add eval.tasks=gpt4l_next_line (or "
+                             "another lm-eval task with local data)")
+
+
+@dataclass
+class MetricsConfig:
+    """`metrics`: what the throughput logger needs to know. peak_tflops: one device's peak for MFU; null: Lightning's
+    table of known GPUs (no MFU on CPU)."""
+
+    peak_tflops: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"metrics.peak_tflops={self.peak_tflops} must be > 0 or null")
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """`DownstreamEval`: lm-eval tasks on the model being trained, every `every_n_steps` optimizer steps.
 
-Off unless `eval_tasks` and `eval_every_n_steps` are set (`conf/callbacks/default.yaml`). Global rank 0 scores
+Off unless `eval.tasks` and `eval.every_n_steps` are set (`conf/callbacks/default.yaml`). Global rank 0 scores
 an unsharded copy: under FSDP the full weights are gathered to its CPU (`get_model_state_dict(full_state_dict,
 cpu_offload)`, a collective every rank joins), elsewhere it scores the training model itself in eval mode.
 The other ranks wait at a barrier; rank 0 logs `eval/<task>/<metric>` and `eval/seconds` at that step. Keep
-`eval_limit` such that the eval takes well under the process group's timeout (the others wait in a collective).
+`eval.limit` such that the eval takes well under the process group's timeout (the others wait in a collective).
 The training stream is untouched: the data loader is not used, and the random generators lm-eval seeds are
 restored (`evals.harness.rng_kept`), so a run with the callback on takes the steps it takes with it off.
 """

@@ -41,9 +41,9 @@ class NonFiniteGuard(L.Callback):
 
     def __init__(self, mode: str = "skip", max_consecutive: int = 10) -> None:
         if mode not in NONFINITE_MODES:
-            raise ValueError(f"nonfinite={mode!r} must be 'skip' or 'stop'")
+            raise ValueError(f"nonfinite.mode={mode!r} must be 'skip' or 'stop'")
         if max_consecutive < 0:
-            raise ValueError(f"nonfinite_max_consecutive={max_consecutive} must be >= 0")
+            raise ValueError(f"nonfinite.max_consecutive={max_consecutive} must be >= 0")
         self.mode, self.max_consecutive = mode, max_consecutive
         self.bad_steps = 0
         self.stop_step: int | None = None
@@ -61,7 +61,7 @@ class NonFiniteGuard(L.Callback):
     def reason(self) -> str | None:
         if self.stop_step is None:
             return None
-        return (f"non-finite loss or gradient norm at step {self.stop_step} (nonfinite={self.mode}, "
+        return (f"non-finite loss or gradient norm at step {self.stop_step} (nonfinite.mode={self.mode}, "
                 f"{self.bad_steps} bad steps in all)")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
