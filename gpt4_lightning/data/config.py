@@ -45,12 +45,12 @@ class DataConfig:
     hub_config: str | None = None
     hub_split: str = "train"
     dir: str | None = None
-    val_fraction: float = 0.02
-    shard_tokens: int = 16_777_216
+    val_fraction: float = 0.02  # of the documents, by a hash of their text
+    shard_tokens: int = 16_777_216  # tokens per shard file (32 MiB of uint16)
     seq_len: int = 256
-    batch_size: int = 8
+    batch_size: int = 8  # per rank
     num_workers: int = 0
-    seed: int = 1234
+    seed: int = 1234  # the data order's (with the epoch)
     verify: bool = False
     document_mask: bool = False
     sources: list[SourceConfig] = field(default_factory=list)

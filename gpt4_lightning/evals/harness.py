@@ -92,7 +92,7 @@ def _indexed(tasks_dir: Path, with_registry: bool) -> Any:
 
 def task_manager(tasks_dir: Path, tasks: list[str]) -> Any:
     """lm-eval's task index, once per process: `tasks_dir` alone when it has every task asked for (a fraction of
-    a second), else with lm-eval's whole registry too (thousands of YAMLs, ~10 s here)."""
+    a second), else with lm-eval's whole registry too (thousands of YAMLs, seconds)."""
     own = _indexed(tasks_dir, False)
     return own if all(t in own.all_tasks for t in tasks) else _indexed(tasks_dir, True)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -66,23 +65,22 @@ SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float1
 
 def plan_shards(entries: list[tuple[str, tuple[int, ...], torch.dtype]], max_bytes: int
                 ) -> list[list[tuple[str, tuple[int, ...], torch.dtype]]]:
-    """Consecutive runs of `(name, shape, dtype)` of at most `max_bytes` each (a larger tensor alone)."""
-    shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
-    size = 0
-    for name, shape, dtype in entries:
-        nbytes = math.prod(shape) * dtype.itemsize
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shape, dtype))
-        size += nbytes
-    return shards if shards[0] else []
+    """Consecutive runs of `(name, shape, dtype)` of at most `max_bytes` each (a larger tensor alone), as
+    huggingface_hub's `split_torch_state_dict_into_shards` (transformers' own rule) plans them from meta tensors."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    meta = {name: torch.empty(shape, dtype=dtype, device="meta") for name, shape, dtype in entries}
+    plan = split_torch_state_dict_into_shards(meta, max_shard_size=max_bytes)
+    by_name = {name: (name, shape, dtype) for name, shape, dtype in entries}
+    return [[by_name[name] for name in names] for names in plan.filename_to_tensors.values()]
 
 
 def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], torch.dtype]],
                        tensors: Iterator[tuple[str, torch.Tensor]]) -> int:
     """One safetensors file (8-byte header size, JSON header, the raw little-endian data) written as the tensors
-    arrive: the header is known from the shapes alone, so no tensor is kept after it is written."""
+    arrive: the header is known from the shapes alone, so no tensor is kept after it is written. Not
+    `safetensors.torch.save_file`: it takes every tensor of the file at once (a 5 GB shard in memory, gathered from
+    FSDP shards first)."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape, tensor_dtype in entries:
@@ -102,8 +100,6 @@ def _write_safetensors(path: Path, entries: list[tuple[str, tuple[int, ...], tor
             tensor = tensor.detach().to(device="cpu", dtype=tensor_dtype).contiguous()
             f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
             del tensor
-        f.flush()
-        os.fsync(f.fileno())
     return offset
 
 

@@ -63,7 +63,7 @@ What is approximated
   memory, the CUDA context and NCCL buffers are not included (compare with `max_memory_allocated`, as
   `PeakMemory` logs). On CPU, what glibc's malloc keeps after a free is not included either: by default
   its mmap threshold rises to 32 MiB as large blocks are freed, and freed activations then stay in the
-  heap (measured: RSS 0.45-0.7 GiB above the live tensors on the benchmark configs); with a fixed
+  heap (RSS then stays above the live tensors: BENCHMARKS.md); with a fixed
   threshold (`MALLOC_MMAP_THRESHOLD_=131072`) RSS follows the tensors.
 - Pipeline/tensor parallelism, gradient accumulation and CPU offload are not modelled.
 

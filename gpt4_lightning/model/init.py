@@ -6,13 +6,11 @@
   1 / sqrt(3 · fan_in), as close.)
 - Outputs of the residual branches (attention `to_out`, feed-forward `proj_out`): that std / sqrt(depth), so the
   2 · depth branches together add O(1) variance to the residual stream at any depth. GPT-2 and Megatron divide by
-  sqrt(2 · depth), twice as small: at depth 2 and width 512 that measured 2.1 % worse held-out loss than
-  x-transformers, sqrt(depth) 2.0 %, no depth factor (the lineage's) 1.1 %; but without one the default run
-  (gpt4_tiny, depth 4) ended 1.4 % worse than with sqrt(2 · depth), with sqrt(depth) 0.2 % (bench/learning_parity.py,
-  BENCHMARKS.md).
+  sqrt(2 · depth), twice as small, and the lineage by nothing: no factor did better at depth 2, worse on the
+  default run (depth 4), and sqrt(depth) was close to the best on both (bench/learning_parity.py; BENCHMARKS.md).
 - Token embedding: std 1 / sqrt(dim), the scale of the untied head's weights and of every other matrix. With
   Adam, each element moves by ~lr per step whatever its size, so a table much larger than the matrices (std 1)
-  learns far slower (measured: 8 % worse held-out loss at dim 128); OLMo's "mitchell" init uses 1 / sqrt(dim) too.
+  learns far slower (worse held-out loss in bench/learning_parity.py); OLMo's "mitchell" init uses 1 / sqrt(dim) too.
 
 The fixed std 0.02 of GPT-2 this replaces equals the small init only at fan_in ~1000 and was 2-4x too small at the
 small presets (bench/learning_parity.py: 1.04-1.07x x-transformers' held-out loss before, see BENCHMARKS.md).

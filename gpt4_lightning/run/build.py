@@ -127,8 +127,8 @@ TIMED_STRATEGIES = ("DDPStrategy", "ModelParallelStrategy", "FSDPStrategy")
 
 
 def timed_strategy(trainer: DictConfig, timeout_s: int | None) -> dict[str, Any]:
-    """`{"strategy": <the trainer's DDP/FSDP strategy with its collective timeout>}` (`parallel.collective_timeout_s`, or
-    per backend: 10 min for NCCL, 15 for gloo), or {} for a single-device trainer."""
+    """`{"strategy": <the trainer's DDP/FSDP strategy with its collective timeout>}`
+    (`parallel.collective_timeout_s`, or per backend: 10 min for NCCL, 15 for gloo), or {} for one device."""
     from datetime import timedelta
 
     from hydra.utils import instantiate

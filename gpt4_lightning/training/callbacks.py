@@ -40,7 +40,10 @@ def peak_flops(device: torch.device, precision: str, peak_tflops: float | None) 
 class ThroughputLogger(L.Callback):
     """Every `log_every_n_steps` optimizer steps, logs per rank (`perf/device_*`) and for all ranks:
     tokens/s and TFLOP/s (FLOPs from `flops.flops_per_token` at the batch's real sequence length),
-    MFU where the device's peak is known, and `perf/tokens_seen` (kept across resumes)."""
+    MFU where the device's peak is known, and `perf/tokens_seen` (kept across resumes). Not Lightning's
+    `ThroughputMonitor`: it calls `torch.cuda.synchronize()` after every training batch (a host-device sync per
+    step, which this project's steps avoid), needs `flops_per_batch` fixed up front (our FLOPs follow each batch's
+    sequence length) and keeps no count across a resume."""
 
     def __init__(self, log_every_n_steps: int = 10, peak_tflops: float | None = None) -> None:
         self.log_every_n_steps, self.peak_tflops = log_every_n_steps, peak_tflops

@@ -130,6 +130,10 @@ class ResumableLoader(DataLoader):
     Iterating starts lazily (at the first `next`), from the position at that moment; handing out the
     last batch of an epoch moves the position to the start of the next epoch, so `for batch in loader`
     twice runs two epochs with different orders. Creating a new iterator supersedes an older one.
+
+    Not torchdata's `StatefulDataLoader` (which Lightning also checkpoints): its state is each worker's iterator
+    state for this rank and this `num_workers`, so it cannot resume on another world size or worker count; ours is
+    the global position in the seeded stream, the same number whatever the layout.
     """
 
     def __init__(self, dataset: TrainBatches, num_workers: int = 0) -> None:

@@ -2,7 +2,7 @@
 
 `open_data` is what `GPT4DataModule.setup` does: the manifest (shard sizes, sha256 with `verify`), the vocab
 against the model, and that `seq_len` fits the splits, each failure one `DataError` line. It has no Lightning in
-it so that `training.build` can run it before Lightning is imported (~5 s): a command with a bad data input fails
+it so that `run.build` can run it before Lightning is imported (seconds): a command with a bad data input fails
 in about a second, and a sweep's points are checked in one process (`cli.launch`).
 """
 

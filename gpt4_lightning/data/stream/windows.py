@@ -27,9 +27,8 @@ class Windows:
 
     Why not `np.memmap` slicing: pages read through a map stay mapped into the process and count in its
     RSS (a pass over 1.1 GiB of shards left 1.1 GiB resident), and each random window costs page faults
-    that map whole page-cache folios. Measured here (2 cores, Linux 6.18; seq_len=256, batch 8, through
-    the DataLoader, one process): a memmap reader 16 M tokens/s, this one 58 M tokens/s with flat RSS
-    (the page cache stays the kernel's, shared by all workers and ranks).
+    that map whole page-cache folios. This reader keeps RSS flat (the page cache stays the kernel's, shared by
+    all workers and ranks) and is faster than a memmap reader (bench/data_throughput.py, BENCHMARKS.md).
     """
 
     def __init__(self, data_dir: str | Path, manifest: Manifest, split: str, seq_len: int) -> None:
