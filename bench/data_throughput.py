@@ -17,10 +17,10 @@ tokenizer.json (`tokenizer=file`, so BPE training is not timed) against one plai
     python bench/data_throughput.py --skip-prepare --baseline-tree /tmp/base   # before/after, one run
 
 `--baseline-tree DIR` (another checkout of this repository, e.g. `git worktree add /tmp/base <rev>`) adds
-that tree's `GPT4DataModule` as rows `baseline_datamodule_*`, read in the same run (imported under another
-package name), and a `vs baseline` column (best pass against best pass; the JSON adds the median over
-passes of the ratio within each turn): a before/after comparison that machine noise between runs cannot
-blur.
+that tree's `GPT4DataModule` as rows `baseline_datamodule_*`, read in the same run (in a process of its
+own with that tree first on PYTHONPATH), and a `vs baseline` column (best pass against best pass; the JSON
+adds the median over passes of the ratio within each turn): a before/after comparison that machine noise
+between runs cannot blur.
 
 Each reader row is the best of `--repeat` passes (default 5), the readers taking turns pass by pass (in
 forward, then reverse order), so a burst of load on a shared machine hits every row alike and the ratios
@@ -30,10 +30,10 @@ hold (one pass of the stdlib corpus is ~0.5 s; single passes varied by +-30 % on
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,24 +75,46 @@ def raw_memmap_windows(data_dir: Path, manifest: Manifest, seq_len: int, batch_s
     return tokens, time.perf_counter() - start
 
 
-def baseline_datamodule(tree: Path) -> type:
-    """`GPT4DataModule` of the checkout at `tree`, imported as package `gpt4l_baseline` (its data code uses
-    relative imports only), so both versions run in one process; forked loader workers inherit it."""
-    spec = importlib.util.spec_from_file_location("gpt4l_baseline", tree / "gpt4_lightning" / "__init__.py",
-                                                  submodule_search_locations=[str(tree / "gpt4_lightning")])
-    if spec is None or spec.loader is None:
+BASELINE_READ = """
+import json, sys, time
+try:
+    from gpt4_lightning.data.stream.datamodule import GPT4DataModule
+except ImportError:  # a tree from before data/ was split into prepare/ and stream/
+    from gpt4_lightning.data.datamodule import GPT4DataModule
+data_dir, seq_len, batch_size, workers, max_batches = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
+max_batches = None if max_batches == "none" else int(max_batches)
+datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=workers)
+datamodule.setup("fit")
+iterator = iter(datamodule.make_train_loader())
+next(iterator)
+start, tokens = time.perf_counter(), 0
+for i, batch in enumerate(iterator):
+    if max_batches is not None and i >= max_batches:
+        break
+    tokens += batch.numel()
+print(json.dumps([tokens, time.perf_counter() - start]))
+"""
+
+
+def baseline_read(tree: Path, data_dir: Path, seq_len: int, batch_size: int, num_workers: int,
+                  max_batches: int | None) -> tuple[int, float]:
+    """`loader_read` with the `GPT4DataModule` of the checkout at `tree`, in a process of its own whose
+    `gpt4_lightning` is that tree's (PYTHONPATH first); timed inside it, so start-up is not counted."""
+    if not (tree / "gpt4_lightning" / "__init__.py").is_file():
         raise SystemExit(f"error: --baseline-tree {tree} has no gpt4_lightning package")
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["gpt4l_baseline"] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module("gpt4l_baseline.data.datamodule").GPT4DataModule
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", BASELINE_READ, str(data_dir), str(seq_len), str(batch_size),
+                          str(num_workers), "none" if max_batches is None else str(max_batches)],
+                         env=env, cwd=tree, capture_output=True, text=True, check=True).stdout
+    tokens, seconds = json.loads(out.strip().splitlines()[-1])
+    return tokens, seconds
 
 
 def loader_read(data_dir: Path, seq_len: int, batch_size: int, num_workers: int,
-                max_batches: int | None, datamodule_class: type = GPT4DataModule,
+                max_batches: int | None,
                 sources: list[Source] | None = None) -> tuple[int, float]:
     kwargs = {"sources": sources} if sources else {}
-    datamodule = datamodule_class(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers,
+    datamodule = GPT4DataModule(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=num_workers,
                                   **kwargs)
     datamodule.setup("fit")
     loader = datamodule.make_train_loader()
@@ -157,10 +179,10 @@ def main() -> None:
         readers[f"datamodule_mix4_{w}_workers"] = (
             lambda w=w: loader_read(data_dir, args.seq_len, args.batch_size, w, one_epoch, sources=mix4))
     if args.baseline_tree is not None:
-        baseline = baseline_datamodule(args.baseline_tree.resolve())
+        tree = args.baseline_tree.resolve()
         for w in (0, 2):
             readers[f"baseline_datamodule_{w}_workers"] = (
-                lambda w=w: loader_read(data_dir, args.seq_len, args.batch_size, w, args.max_batches, baseline))
+                lambda w=w: baseline_read(tree, data_dir, args.seq_len, args.batch_size, w, args.max_batches))
     passes: dict[str, list[tuple[int, float]]] = {name: [] for name in readers}
     turn = list(readers.items())
     for i in range(args.repeat):  # forward, then backward (ABBA): a reader's place in the turn (what ran just

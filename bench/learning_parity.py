@@ -2,7 +2,7 @@
 
 Same data (byte-level Python source of this interpreter's standard library: every 25th file held out), same
 batches in the same order, same optimizer (AdamW, constant lr per width, no clipping), same steps, the same seed before
-each model is built; the models have the same seed flags (x-transformers built by tests/xt_reference.py from the
+each model is built; the models have the same seed flags (x-transformers built by tests/helpers/xt_reference.py from the
 GPT4Config). Each model initialises itself as its library does. Reported per width: the held-out loss (nats per
 byte) at the training length and at 4x that length (the extrapolation of ALiBi + rotary-xPos), mean and spread
 over seeds, and the ratio ours / theirs per seed and its mean ± standard deviation.
@@ -84,10 +84,10 @@ def windows(data: np.ndarray, count: int, length: int, generator: np.random.Gene
 
 
 def xt_reference() -> Any:
-    """tests/xt_reference.py, which builds x-transformers with a GPT4Config's arguments."""
-    if str(REPO / "tests") not in sys.path:
-        sys.path.insert(0, str(REPO / "tests"))
-    import xt_reference
+    """tests/helpers/xt_reference.py, which builds x-transformers with a GPT4Config's arguments."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.helpers import xt_reference
 
     return xt_reference
 

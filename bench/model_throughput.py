@@ -72,10 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def xt_reference() -> Any:
-    """tests/xt_reference.py, which builds x-transformers with a GPT4Config's arguments."""
-    if str(REPO / "tests") not in sys.path:
-        sys.path.insert(0, str(REPO / "tests"))
-    import xt_reference
+    """tests/helpers/xt_reference.py, which builds x-transformers with a GPT4Config's arguments."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.helpers import xt_reference
 
     return xt_reference
 

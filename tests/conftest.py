@@ -1,18 +1,13 @@
-import csv
-import json
-import os
-import subprocess
-import sys
+"""Fixtures shared across the test folders: a fixed seed, the CLI tests' work directory (a small real corpus and a
+cache), two prepared mixture sources, and a tiny trained checkpoint. A folder's own fixtures are in its conftest."""
+
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers (xt_reference)
-
-# A tiny GPT4 with every seed flag at its default (ALiBi on half the heads, rotary-xPos, MQA, qk-norm).
-TINY = dict(num_tokens=256, max_seq_len=128, dim=64, depth=2, dim_head=16, heads=4, alibi_num_heads=2)
+from tests.helpers.cli import run, train_args
 
 
 @pytest.fixture(autouse=True)
@@ -20,25 +15,11 @@ def _seed():
     torch.manual_seed(0)
 
 
-def perturb_(model: torch.nn.Module, std: float = 0.1) -> torch.nn.Module:
-    """Move gains, biases and qk dim-scales off their init so parity tests exercise them (the qk-norm
-    temperature stays at 10: x-transformers holds it fixed)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(key in name for key in ("gamma", "scale", "bias")):
-                p.add_(torch.randn_like(p) * std)
-    return model
-
-
-# --- end-to-end CLI runs (subprocesses) ---------------------------------------------------------
-
-TINY_MODEL = ["model.num_tokens=512", "model.dim=64", "model.depth=2", "model.heads=4", "model.dim_head=16",
-              "model.alibi_num_heads=2", "model.max_seq_len=128"]
-
-
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     """A small real corpus (60 stdlib modules as jsonl) and a cache dir shared by the CLI tests."""
+    import json
+
     from gpt4_lightning.data.prepare.corpus import stdlib_files
 
     root = tmp_path_factory.mktemp("cli")
@@ -47,60 +28,6 @@ def workdir(tmp_path_factory) -> Path:
             text = path.read_text(encoding="utf-8", errors="replace")
             f.write(json.dumps({"text": text}) + "\n")
     return root
-
-
-def run(workdir: Path, entry: str, *args: str, check: bool = True,
-        cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(cache or workdir / "cache")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, "-m", f"gpt4_lightning.{entry}", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def train_args(workdir: Path, max_steps: int) -> list[str]:
-    return ["data=files", f"data.path={workdir / 'corpus.jsonl'}", "data.seq_len=64", "data.batch_size=8",
-            "data.val_fraction=0.1", "tokenizer.vocab_size=512", *TINY_MODEL, f"trainer.max_steps={max_steps}",
-            "trainer.val_check_interval=20", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
-            "checkpoint.every_n_steps=20", "scheduler.warmup_steps=5", "optim.lr=3e-3", "run_name=tiny"]
-
-
-def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, train loss) rows of a run's metrics.csv, in the order logged (a resumed run's rows follow)."""
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """step -> train loss; a step logged twice (before a kill and after the resume) keeps the later value."""
-    return dict(logged_losses(run_dir))
-
-
-def step_metric(run_dir: Path, key: str) -> dict[int, float]:
-    """step -> the value of metric `key` in a run's metrics.csv (the later row where a step was logged twice)."""
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
-
-# --- a real one-node Slurm cluster (tests/slurm_cluster.py; tests/test_slurm.py) --------------------------
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    """munged + slurmctld + slurmd on this machine with a private config (SLURM_CONF in `slurm.env`), up for the
-    whole session; skipped where Slurm/munge are not installed or we are not root."""
-    from slurm_cluster import SlurmCluster, unavailable
-
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ def apply_compile(blocks: nn.ModuleList) -> None:
 def apply_fsdp(model: GPT4, mesh: object, cfg: ParallelConfig) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    cfg = cfg.for_precision("32-true")  # an "auto" left unresolved for a precision: the params' own dtype
     mp = MixedPrecisionPolicy(param_dtype=torch_dtype(cfg.param_dtype), reduce_dtype=torch_dtype(cfg.reduce_dtype))
     blocks = model.blocks
     for i, block in enumerate(blocks):

@@ -1,0 +1,168 @@
+"""Kills, signals and interrupted saves never cost more than the steps since the last checkpoint: exact resume
+after SIGKILL (1 process, data=mix, 2-process FSDP2), graceful SIGTERM/SIGUSR1, atomic checkpoints and their
+rotation, a full disk. Real CLI runs in subprocesses, compared step by step."""
+
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt4_lightning.checkpoint.load import read_checkpoint
+from tests.helpers.cli import error_lines, run, start, step_losses, step_metric
+from tests.helpers.interrupted import EVERY, FLUSH, STEPS, STRATEGIES, run_args, wait_for, wait_past_checkpoint
+
+EVAL_METRIC = "eval/gpt4l_next_line/acc"
+
+
+def resume_step(run_dir: Path) -> int:
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]  # a file, or a sharded dir's meta.pt
+
+
+def assert_same_from(resumed: dict[int, float], reference: dict[int, float], first: int) -> None:
+    compared = [s for s in reference if s >= first]
+    assert compared and max(compared) == STEPS - 1
+    mismatched = [(s, resumed.get(s), reference[s]) for s in compared if resumed.get(s) != reference[s]]
+    assert not mismatched, mismatched[:5]  # exact equality: bitwise-identical losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "mix"])
+def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy, request):
+    """"mix": one process on data=mix (two sources, 0.75/0.25), whose stream must resume as exactly."""
+    on_mix = request.getfixturevalue("mix_args") if strategy == "mix" else list
+    extra = STRATEGIES.get(strategy, [])
+    run(workdir, "train", *on_mix(run_args(workdir, f"whole_{strategy}", *extra)))
+    reference = step_losses(workdir / "outputs" / f"whole_{strategy}")
+    if strategy == "one":  # the lr Lightning stepped, at every step, is the schedule's definition
+        from tests.helpers.schedules import wsd_definition
+
+        lrs = step_metric(workdir / "outputs" / "whole_one", "train/lr")
+        assert sorted(lrs) == list(range(STEPS))
+        assert lrs == pytest.approx({s: 3e-3 * wsd_definition(s, 5, STEPS, 0.9, "1-sqrt", 0.1) for s in lrs})
+
+    run_dir = workdir / "outputs" / f"killed_{strategy}"
+    proc = start(workdir, *on_mix(run_args(workdir, f"killed_{strategy}", *extra, FLUSH)))
+    wait_past_checkpoint(run_dir, proc)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank, no chance to clean up
+    proc.wait()
+    first = resume_step(run_dir)
+    assert first >= EVERY and first < STEPS
+
+    resumed = run(workdir, "train", *on_mix(run_args(workdir, f"killed_{strategy}", *extra, "ckpt_path=last")))
+    assert f"steps: {STEPS}" in resumed.stdout
+    assert_same_from(step_losses(run_dir), reference, first)
+    if strategy == "fsdp":  # the evals ran, before and after the kill, and scored the same weights the same
+        evals, resumed_evals = (step_metric(d, EVAL_METRIC) for d in (workdir / "outputs" / "whole_fsdp", run_dir))
+        assert len(evals) == STEPS // 40, evals
+        assert {s: v for s, v in resumed_evals.items() if s >= first} == {s: v for s, v in evals.items() if s >= first}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "signum"), [("one", signal.SIGTERM), ("fsdp", signal.SIGUSR1)])
+def test_signal_checkpoints_after_the_step_exits_zero_and_resumes_exactly(workdir, strategy, signum):
+    extra = STRATEGIES[strategy]
+    reference_dir = workdir / "outputs" / f"whole_{strategy}"
+    if not reference_dir.exists():
+        run(workdir, "train", *run_args(workdir, f"whole_{strategy}", *extra))
+    reference = step_losses(reference_dir)
+
+    name = f"stopped_{strategy}"
+    run_dir = workdir / "outputs" / name
+    proc = start(workdir, *run_args(workdir, name, *extra, FLUSH))
+    wait_past_checkpoint(run_dir, proc)
+    assert proc.poll() is None, "the run ended before the signal"
+    os.kill(proc.pid, signum)  # the launching process only (rank 0): the other rank learns it at the step's end
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = resume_step(run_dir)
+    assert f"stopped by {signal.Signals(signum).name} at step {stopped}" in out, out
+    assert "ckpt_path=last" in out  # how to resume
+    assert EVERY <= stopped < STEPS
+    assert os.path.realpath(run_dir / "checkpoints" / "last.ckpt").endswith(f"step{stopped:06d}.ckpt")
+
+    run(workdir, "train", *run_args(workdir, name, *extra, "ckpt_path=last"))
+    assert_same_from(step_losses(run_dir), reference, stopped)
+
+
+def patched_save(prelude: str, at_step_40: str) -> str:
+    """A `python -m gpt4_lightning.train` stand-in whose save of step 40 writes part of the file, then runs
+    `at_step_40` (a kill while writing, a full disk); `prelude` runs first (it may take arguments off argv)."""
+    return f"""
+import errno, os, runpy, sys, time
+from pathlib import Path
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+{prelude}
+save = TorchCheckpointIO.save_checkpoint
+
+def patched(self, checkpoint, path, storage_options=None):
+    if ".tmp-step000040" in str(path):
+        with open(path, "wb") as f:
+            f.write(b"PK partial checkpoint")
+{textwrap.indent(at_step_40, " " * 8)}
+    return save(self, checkpoint, path, storage_options)
+
+TorchCheckpointIO.save_checkpoint = patched
+sys.argv[0] = "train"
+runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
+"""
+
+
+SLOW_SAVE = patched_save("marker = Path(sys.argv.pop(1))", "marker.touch()\ntime.sleep(600)  # killed while 'writing'")
+FULL_DISK = patched_save("", "raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))")
+
+
+@pytest.mark.slow
+def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path):
+    script = tmp_path / "slow_save.py"
+    script.write_text(SLOW_SAVE)
+    marker = tmp_path / "saving"
+    run_dir = workdir / "outputs" / "kill_mid_save"
+    proc = start(workdir, *run_args(workdir, "kill_mid_save"), script=[str(script), str(marker)])
+    wait_for(marker, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / ".tmp-step000040.ckpt").exists()  # the interrupted save, never visible as a checkpoint
+    assert not (ckpts / "step000040.ckpt").exists()
+    assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt")
+    sample = run(workdir, "generate", f"ckpt_path={ckpts / 'last.ckpt'}", "max_new_tokens=4", "prompt=def")
+    assert "(step 20)" in sample.stdout
+
+    run(workdir, "train", *run_args(workdir, "kill_mid_save", "trainer.max_steps=50", "ckpt_path=last"))
+    assert not (ckpts / ".tmp-step000040.ckpt").exists()  # cleaned up by the next run
+    assert torch.load(ckpts / "step000040.ckpt", weights_only=True)["global_step"] == 40
+    assert os.path.realpath(ckpts / "last.ckpt").endswith("step000050.ckpt")
+
+
+def test_keep_last_k_rotates_but_keeps_last(workdir):
+    run_dir = workdir / "outputs" / "rotate"
+    run(workdir, "train", *run_args(workdir, "rotate", "trainer.max_steps=50", "checkpoint.every_n_steps=10",
+                                "checkpoint.keep_last=2", "trainer.limit_val_batches=0"))
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step000040.ckpt", "step000050.ckpt"], names
+    assert os.path.realpath(run_dir / "checkpoints" / "last.ckpt").endswith("step000050.ckpt")
+
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_lost_checkpoint_keeps_the_last_and_resumes(workdir, tmp_path):
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK)
+    run_dir = workdir / "outputs" / "disk_full"
+    proc = start(workdir, *run_args(workdir, "disk_full"), script=[str(script)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    (line,) = error_lines(err)
+    ckpts = run_dir / "checkpoints"
+    assert "step 40's checkpoint was not written: no space left on the device" in line, line
+    assert f"the last complete checkpoint is {(ckpts / 'step000020.ckpt').resolve()} (" in line
+    assert "checkpoint.keep_last" in line and "resume: python -m gpt4_lightning.train" in line
+    assert not (ckpts / ".tmp-step000040.ckpt").exists()  # the partial one removed at once
+    assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt") and "Traceback" not in err
+    resumed = run(workdir, "train", *run_args(workdir, "disk_full", "ckpt_path=last"))
+    assert f"steps: {STEPS}" in resumed.stdout
