@@ -3,10 +3,13 @@ subprocess and must exit non-zero with exactly one `error: ` line on stderr that
 parameter) and the fix, with no traceback (HYDRA_FULL_ERROR=1 shows one), and leave every file that existed before
 (the prepared shards in the cache, checkpoints, run directories) byte-identical.
 
-One tiny model is trained once (5 steps) and the damaged inputs are made from it and its prepared data. The cases
-are independent, so they run concurrently (a CLI start costs seconds, mostly imports): the module fixture runs the
-selected cases, then each test checks its own output. The no-change check hashes the whole work directory before
-and after all of them: any case that modified a file fails every case, and the report names the file.
+One tiny model is trained once (5 steps) and the damaged inputs are made from it and its prepared data. A CLI start
+costs seconds of imports, so most cases run in process, one after the other, in two Python processes of their own
+(`tests.helpers.in_process`: `main()` with the case's `sys.argv`, its stdout and stderr captured); one case or more
+per entry point (`real=True`) runs as its own `python -m gpt4_lightning.<entry>`, which also sees what C code writes
+to the terminal. The module fixture runs the selected cases concurrently, then each test checks its own output. The
+no-change check hashes the whole work directory before and after all of them: any case that modified a file fails
+every case, and the report names the file.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from tests.helpers.cli import run, train_args
+from tests.helpers.paths import REPO
 
 BASE_RUN = "bad_inputs_base"
 
@@ -168,6 +173,7 @@ class Case:
     args: Callable[[SimpleNamespace, str], list[str]]
     expect: list[str]  # fragments of the error line: the key/file/parameter and the fix
     marks: list = field(default_factory=list)
+    real: bool = False  # through the real CLI in a subprocess of its own (else in process)
 
 
 def train(*bad_args: str, name: str | None = None) -> Callable[[SimpleNamespace, str], list[str]]:
@@ -189,7 +195,7 @@ MIX = "data.sources=[{{{{name:{a},dir:{{b.data_dir}},weight:1}}}},{{{{name:{b},d
 
 CASES = [
     # --- config
-    Case("preset-unknown", "train", train("model=nope"), ["model/nope", "available options", "gpt4_tiny"]),
+    Case("preset-unknown", "train", train("model=nope"), ["model/nope", "available options", "gpt4_tiny"], real=True),
     Case("key-unknown", "train", train("model.dimm=3"), ["model.dimm", "did you mean model.dim"]),
     Case("type-schema", "train", train("model.heads=abc"), ["model.heads=abc", "Integer"]),
     Case("type-int", "train", train("data.batch_size=1.5"), ["data.batch_size=1.5", "an integer"]),
@@ -221,7 +227,7 @@ CASES = [
          ["trainer.precision='fp8'", "precision=fp32|bf16_mixed|bf16_true", "bf16-mixed"]),
     Case("trainer-argument", "train", train("+trainer.bogus_arg=1"),
          ["trainer (lightning", "bogus_arg", "check the trainer.* values"]),
-    Case("missing-required", "generate", cli(), ["ckpt_path is required", "ckpt_path=<value>"]),
+    Case("missing-required", "generate", cli(), ["ckpt_path is required", "ckpt_path=<value>"], real=True),
     Case("missing-required-group", "prepare", cli("tokenizer=file"), ["tokenizer.path is required"]),
     # --- data
     Case("data-path-missing", "train", train("data.path={b.root}/nope.jsonl"),
@@ -232,9 +238,9 @@ CASES = [
          ["no text found", "empty.jsonl", "point data.path"]),
     Case("corpus-malformed", "prepare", cli("data=files", "data.path={b.root}/broken.jsonl",
                                             "tokenizer.vocab_size=300"),
-         ["broken.jsonl cannot be read as jsonl", "fix or remove"]),
+         ["broken.jsonl cannot be read as jsonl", "fix or remove"], real=True),
     Case("shard-truncated", "evaluate", cli("ckpt_path={b.ckpt}", "data_dir={b.root}/data_truncated"),
-         ["data_truncated/train_00000.bin", "truncated", "overwrite=true"]),
+         ["data_truncated/train_00000.bin", "truncated", "overwrite=true"], real=True),
     Case("shard-checksum", "train", train("data.dir={b.root}/data_corrupt", "data.verify=true"),
          ["data_corrupt/train_00000.bin", "sha256", "overwrite=true"], [pytest.mark.slow]),
     Case("manifest-version", "evaluate", cli("ckpt_path={b.ckpt}", "data_dir={b.root}/data_version"),
@@ -284,7 +290,7 @@ CASES = [
           "model.dim=64 in the checkpoint, 96 here", "start fresh without ckpt_path"]),
     # resuming the base run itself: Hydra rewrites its .hydra/ and log first; they must come back as they were
     Case("ckpt-shape-resume-run", "train", train("ckpt_path=last", "model.dim=96", name=BASE_RUN),
-         ["last.ckpt", "[512, 64] in the checkpoint", "[512, 96] in the model", "model.dim=64"]),
+         ["last.ckpt", "[512, 64] in the checkpoint", "[512, 96] in the model", "model.dim=64"], real=True),
     *[Case(f"ckpt-shape-{entry}", entry, cli("ckpt_path={b.root}/config_lies.ckpt", *extra),
            ["config_lies.ckpt", "does not fit its own model config", "parameter net.token_emb.weight",
             "[512, 64] in the checkpoint", "[512, 96] in the model", "use another checkpoint"])
@@ -328,9 +334,10 @@ CASES = [
     Case("data-dir-is-file", "prepare", cli("data=files", "data.path={b.root}/../corpus.jsonl",
                                             "data.dir={b.root}/a_file"), ["data.dir=", "a_file is a file"]),
     Case("export-out-under-file", "export", cli("ckpt_path={b.ckpt}", "out={b.root}/a_file/exported"),
-         ["out=", "a_file, which is a file", "point out at"]),
+         ["out=", "a_file, which is a file", "point out at"], real=True),
 ]
 assert len({c.id for c in CASES}) == len(CASES) >= 25
+assert {c.entry for c in CASES if c.real} == {c.entry for c in CASES}  # every entry point through the real CLI
 
 
 def _timed(workdir: Path, case: Case, bad: SimpleNamespace) -> subprocess.CompletedProcess:
@@ -340,20 +347,45 @@ def _timed(workdir: Path, case: Case, bad: SimpleNamespace) -> subprocess.Comple
     return proc
 
 
+def _in_process(workdir: Path, cases: list[Case], bad: SimpleNamespace, files: Path) -> dict[str, Any]:
+    """`cases` one after another in one `tests.helpers.in_process` process: id -> its CompletedProcess."""
+    if not cases:
+        return {}
+    spec, results = files / f"{cases[0].id}.cases.json", files / f"{cases[0].id}.results.json"
+    spec.write_text(json.dumps([{"id": c.id, "entry": c.entry, "args": c.args(bad, c.id)} for c in cases]))
+    env = {**os.environ, "GPT4_LIGHTNING_CACHE": str(workdir / "cache"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("HYDRA_FULL_ERROR", None)
+    runner = subprocess.run([sys.executable, "-m", "tests.helpers.in_process", str(spec), str(results)],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=1200)
+    assert runner.returncode == 0, runner.stderr[-3000:]
+    procs = {}
+    for case_id, r in json.loads(results.read_text()).items():
+        procs[case_id] = subprocess.CompletedProcess(case_id, r["returncode"], r["stdout"], r["stderr"])
+        procs[case_id].seconds = r["seconds"]
+    return procs
+
+
 @pytest.fixture(scope="module")
-def outcomes(request, workdir, bad) -> SimpleNamespace:
-    """Run the selected cases concurrently; hash the work directory before and after."""
+def outcomes(request, workdir, bad, tmp_path_factory) -> SimpleNamespace:
+    """Run the selected cases, the real CLI ones and two in-process batches concurrently; hash the work
+    directory before and after."""
     selected = {item.callspec.params["case"].id for item in request.session.items
                 if item.module is request.module and hasattr(item, "callspec") and "case" in item.callspec.params}
     cases = [c for c in CASES if c.id in selected] or CASES
+    real, in_process = [c for c in cases if c.real], [c for c in cases if not c.real]
+    files = tmp_path_factory.mktemp("in_process")  # outside workdir, which must not change
     before = snapshot(workdir)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(2, min(4, 2 * (os.cpu_count() or 1)))) as pool:
-        results = pool.map(lambda c: _timed(workdir, c, bad), cases)
-        procs = dict(zip([c.id for c in cases], results, strict=True))
+    with ThreadPoolExecutor(max_workers=4) as pool:  # the two batches start first
+        batches = [pool.submit(_in_process, workdir, in_process[i::2], bad, files) for i in range(2)]
+        singles = {c.id: pool.submit(_timed, workdir, c, bad) for c in real}
+        procs = {case_id: future.result() for case_id, future in singles.items()}
+        for batch in batches:
+            procs.update(batch.result())
     seconds = time.perf_counter() - start
     slowest = sorted(procs.items(), key=lambda kv: -kv[1].seconds)[:3]
-    print(f"\n{len(cases)} bad-input CLI runs in {seconds:.1f} s (slowest: "
+    print(f"\n{len(cases)} bad-input commands ({len(real)} real CLI runs) in {seconds:.1f} s (slowest: "
           + ", ".join(f"{k} {p.seconds:.1f} s" for k, p in slowest) + ")")
     return SimpleNamespace(procs=procs, changed=changed_files(before, snapshot(workdir)))
 
