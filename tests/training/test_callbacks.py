@@ -73,8 +73,9 @@ def test_throughput_metrics(monkeypatch):
 
 
 def test_peak_memory_callback_logs_peak_above_the_pre_model_baseline():
-    # logits of 8 x 128 x 4096 fp32 (16 MiB) and their gradients: far above what the allocator has spare
-    config = GPT4Config(**{**TINY, "num_tokens": 4096})
+    # logits of 8 x 128 x 32768 fp32 (128 MiB): above glibc's largest mmap threshold (32 MiB), so they are fresh pages
+    # even in a pytest process whose heap holds freed memory from earlier tests (16 MiB logits were served from it)
+    config = GPT4Config(**{**TINY, "num_tokens": 32768})
     module = GPT4LitModule(config, optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3))
     peak, recorder = PeakMemory(), Recorder("mem/")
     trainer = L.Trainer(max_steps=3, accelerator="cpu", log_every_n_steps=1, logger=False, enable_checkpointing=False,
@@ -85,6 +86,6 @@ def test_peak_memory_callback_logs_peak_above_the_pre_model_baseline():
     for m in recorder.metrics:
         assert set(m) == {"mem/peak_gib", "mem/baseline_gib", "mem/peak_above_baseline_gib"}
         assert m["mem/baseline_gib"] > 0.05  # a Python process with torch
-        assert m["mem/peak_above_baseline_gib"] > 32 / 1024  # at least the logits, their softmax and gradient
+        assert m["mem/peak_above_baseline_gib"] > 128 / 1024  # at least the logits
         assert abs(m["mem/peak_above_baseline_gib"] - (m["mem/peak_gib"] - m["mem/baseline_gib"])) < 1e-9
     assert recorder.metrics[-1]["mem/peak_gib"] >= recorder.metrics[0]["mem/peak_gib"]

@@ -76,7 +76,11 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
         raise DataError(f"the standard library directory {root} (sysconfig 'stdlib') does not exist; "
                         "use data=files data.path=... instead")
     excluded = {"site-packages", "dist-packages", "__pycache__"}
-    files = [p for p in root.rglob("*.py") if p.is_file() and not excluded & set(p.relative_to(root).parts)]
+    files = []
+    # os.walk, pruned: rglob would list all of site-packages (torch, ...) before the filter drops it (3 s here)
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if d not in excluded]
+        files += [Path(folder, n) for n in names if n.endswith(".py") and Path(folder, n).is_file()]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
