@@ -77,10 +77,10 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
                         "use data=files data.path=... instead")
     excluded = {"site-packages", "dist-packages", "__pycache__"}
     files = []
-    # os.walk, pruned: rglob would list all of site-packages (torch, ...) before the filter drops it (3 s here)
+    # os.walk, pruned: rglob would list all of site-packages (torch, ...) before a filter could drop it
     for folder, dirs, names in os.walk(root, followlinks=True):
         dirs[:] = [d for d in dirs if d not in excluded]
-        files += [Path(folder, n) for n in names if n.endswith(".py") and Path(folder, n).is_file()]
+        files += [p for p in (Path(folder, n) for n in names if n.endswith(".py")) if p.is_file()]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
