@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 
+from gpt4_lightning.checkpoint.integrity import SIDECAR_SUFFIX, manifest_path
 from gpt4_lightning.checkpoint.paths import LAST, STEP_NAME, TEMPORARY_PREFIX, step_name
 from gpt4_lightning.utils.files import fsync_dir, fsync_tree, remove
 
@@ -41,13 +42,15 @@ def _mib(nbytes: int) -> str:
 class AtomicCheckpoint(L.Callback):
     """Checkpoints every `every_n_train_steps` optimizer steps and at the end of training, as
     `dirpath/stepNNNNNN.ckpt` with `dirpath/last.ckpt` a symlink to the newest. `keep_last_k` keeps that
-    many step checkpoints (None: all); the one `last.ckpt` points at is never deleted."""
+    many step checkpoints (None: all) besides every `keep_every`-th step's; the one `last.ckpt` points at is never
+    deleted. Each checkpoint's manifest of checksums (`integrity`) is written with it and published before it."""
 
-    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100, keep_last_k: int | None = None) -> None:
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 100, keep_last_k: int | None = None,
+                 keep_every: int | None = None) -> None:
         if keep_last_k is not None and keep_last_k < 1:
             raise ValueError(f"checkpoint.keep_last={keep_last_k} must be >= 1 or null (keep all)")
         self.dirpath = Path(dirpath)
-        self.every_n_train_steps, self.keep_last_k = every_n_train_steps, keep_last_k
+        self.every_n_train_steps, self.keep_last_k, self.keep_every = every_n_train_steps, keep_last_k, keep_every
         self.last_saved_step: int | None = None
 
     @property
@@ -93,13 +96,7 @@ class AtomicCheckpoint(L.Callback):
                 remove(tmp)  # the partial checkpoint, at once: it holds the space the next save needs
             raise CheckpointSpaceError(e.errno, self._space_message(step, trainer, e)) from e
         if trainer.is_global_zero:
-            if final.exists() or final.is_symlink():  # the same step saved again (e.g. resumed at the end)
-                trash = self.dirpath / f"{TEMPORARY_PREFIX}old-{final.name}"
-                os.replace(final, trash)
-                os.replace(tmp, final)
-                remove(trash)
-            else:
-                os.replace(tmp, final)
+            self._publish(tmp, final)
             link = self.dirpath / f"{TEMPORARY_PREFIX}{LAST}"
             remove(link)
             os.symlink(final.name, link)
@@ -109,6 +106,19 @@ class AtomicCheckpoint(L.Callback):
             log.info("checkpoint saved: %s", final)
         trainer.strategy.barrier("AtomicCheckpoint.after_save")
         return final
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Rename the complete checkpoint `tmp` (and a file's manifest beside it: first, so that a published
+        file always has its own) to `final`, replacing the same step saved before (e.g. resumed at the end)."""
+        if tmp.is_file():
+            os.replace(manifest_path(tmp), manifest_path(final))
+        if final.exists() or final.is_symlink():
+            trash = self.dirpath / f"{TEMPORARY_PREFIX}old-{final.name}"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            remove(trash)
+        else:
+            os.replace(tmp, final)
 
     def _space_message(self, step: int, trainer: L.Trainer, e: OSError) -> str:
         """Which checkpoint was lost, the last complete one, what one takes, and the ways out."""
@@ -126,12 +136,18 @@ class AtomicCheckpoint(L.Callback):
                 "write the run elsewhere (hydra.run.dir on a larger disk)")
 
     def _rotate(self, keep: Path) -> None:
+        """After `keep` is published: all but the newest `keep_last_k` step checkpoints go, except every
+        `keep_every`-th step's and `keep` itself (the newest, verified as it was written)."""
         if self.keep_last_k is None:
             return
         steps = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := STEP_NAME.match(p.name)))
-        for _, path in steps[: -self.keep_last_k]:
-            if path != keep:
+        for step, path in steps[: -self.keep_last_k]:
+            if path != keep and not (self.keep_every and step % self.keep_every == 0):
+                remove(manifest_path(path))
                 remove(path)
+        for sidecar in self.dirpath.glob("*" + SIDECAR_SUFFIX):  # of a file removed by hand
+            if not sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX)).exists():
+                remove(sidecar)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_saved_step": self.last_saved_step}

@@ -6,6 +6,7 @@ Every failure is a `ValueError` naming `ckpt_path`, what is wrong and what to do
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 import re
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from typing import Any
 import torch
 
 from gpt4_lightning.checkpoint.format import CONFIG_KEY, DCP_METADATA, MODEL_PREFIX, SHARDED_META, describe
+from gpt4_lightning.checkpoint.integrity import verify
 from gpt4_lightning.model import GPT4, GPT4Config
+
+log = logging.getLogger(__name__)
 
 PREFIX = MODEL_PREFIX
 
@@ -157,9 +161,23 @@ def check_resumable(path: str | Path, config: GPT4Config, sharded_ok: bool) -> N
                          "checkpoint's model settings, or start fresh without ckpt_path")
 
 
+def verified(path: str | Path) -> None:
+    """Every byte of the checkpoint at `path` against its checksums (`integrity`), before generate, evaluate or
+    export read it; one warning line for a checkpoint written before checksums."""
+    verdict = verify(path)
+    if not verdict.ok:
+        raise ValueError(f"ckpt_path={path}: the checkpoint failed verification ({verdict.problem}); use another "
+                         "checkpoint (e.g. an earlier stepNNNNNN.ckpt of the run)")
+    if not verdict.manifest:
+        log.warning("checkpoint %s has no checksums (written before gpt4_lightning verified checkpoints): read "
+                    "unverified", path)
+
+
 def _checked(path: str | Path, mmap: bool) -> tuple[dict[str, Any], GPT4]:
-    """The checkpoint (`mmap`: tensors mapped, not read) and its GPT4 built on meta, the shapes checked."""
-    checkpoint = read_checkpoint(path, mmap=mmap)
+    """The checkpoint (`mmap`: tensors mapped, not read), verified, and its GPT4 built on meta, the shapes
+    checked."""
+    checkpoint = read_checkpoint(path, mmap=mmap)  # the clearer message first for what is no checkpoint at all
+    verified(path)
     with torch.device("meta"):
         model = GPT4.from_config(checkpoint_config(path, checkpoint))
     mismatch = shape_mismatch(checkpoint_shapes(path, checkpoint), model_shapes(model))

@@ -51,7 +51,7 @@ def check_points(master: DictConfig, config_loader, points: list[list[str]]) -> 
     bad one."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1" or master.hydra.job.name != "train":
         return
-    from gpt4_lightning.checkpoint.paths import resolve_ckpt_path
+    from gpt4_lightning.checkpoint.resume import resolve_ckpt_path
     from gpt4_lightning.run.build import check_run
 
     here = str(master.hydra.launcher.get("_target_", "")) == LOCAL_LAUNCHER

@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
-from gpt4_lightning.checkpoint.paths import LAST, checkpoint_dir, resolve_ckpt_path
+from gpt4_lightning.checkpoint.paths import LAST, checkpoint_dir
+from gpt4_lightning.checkpoint.resume import resolve_ckpt_path
 from gpt4_lightning.cli.launch import launch
 from gpt4_lightning.run.build import build, callback
 

@@ -68,7 +68,7 @@ def check_logger_installed(logger: Any) -> None:
 
 def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule, GPT4DataModule, L.Trainer]:
     """The module, data and trainer `cfg` describes (data prepared on the way, if needed), checked against
-    the checkpoint `ckpt_path` (resolved by `checkpoint.paths.resolve_ckpt_path`) it will resume from.
+    the checkpoint `ckpt_path` (resolved by `checkpoint.resume.resolve_ckpt_path`) it will resume from.
     Seeds everything (`cfg.seed`, DataLoader workers too) once the checks pass."""
     run = check_run(cfg, ckpt_path)
     data = open_run_data(run)  # prepared (rank 0) and checked: still without Lightning
@@ -86,10 +86,26 @@ def build(cfg: DictConfig, ckpt_path: str | None = None) -> tuple[GPT4LitModule,
                            data_sources=[{"name": s.name, "dir": str(s.dir), "weight": s.weight}
                                          for s in datamodule.sources] or None,
                            document_mask=run.data.document_mask)
+    fallback = cfg.ckpt_path in ("last", "auto")
     trainer = instantiate(cfg.trainer, **timed_strategy(cfg.trainer, run.parallel.collective_timeout_s),
-                          **progress_bar(cfg.trainer))
+                          **progress_bar(cfg.trainer), **verified_checkpoint_io(cfg.trainer, fallback))
+    if hasattr(trainer.strategy, "fallback"):  # checkpoint.io.VerifiedModelParallelStrategy (trainer=fsdp)
+        trainer.strategy.fallback = fallback
     keep_csv_history(trainer)
     return module, datamodule, trainer
+
+
+def verified_checkpoint_io(trainer: DictConfig, fallback: bool) -> dict[str, Any]:
+    """`{"plugins": [..., checkpoint.io.VerifiedCheckpointIO]}` for a trainer that writes `.ckpt` files: checksums
+    written with every checkpoint, verified on resume; `fallback` (ckpt_path=last|auto): a checkpoint that fails
+    verification gives way to the newest older one that passes. Sharded checkpoints do it in their strategy."""
+    from hydra.utils import instantiate
+
+    from gpt4_lightning.checkpoint.io import VerifiedCheckpointIO
+
+    if uses_fsdp(trainer):
+        return {}
+    return {"plugins": [*(instantiate(trainer.get("plugins")) or []), VerifiedCheckpointIO(fallback=fallback)]}
 
 
 def progress_bar(trainer: DictConfig) -> dict[str, Any]:

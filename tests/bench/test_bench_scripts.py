@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from gpt4_lightning import GPT4
 from tests.helpers.paths import REPO
@@ -155,3 +156,24 @@ def test_document_mask_quick(tmp_path):
     assert set(rows) == {"eager_256", "compiled_256"} and all(r["ms"] > 0 for r in rows.values())
     assert report["ratios"]["compiled_vs_eager_ms_256"] == pytest.approx(
         rows["compiled_256"]["ms"] / rows["eager_256"]["ms"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_checkpoint_io_quick(tmp_path):
+    out = tmp_path / "c.json"
+    proc = subprocess.run([sys.executable, "bench/checkpoint_io.py", "--quick", "--root", str(tmp_path),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    medians, ratios = report["medians_s"], report["ratios"]
+    for row in ("save_torch", "save_lightning", "save_verified", "load_torch", "load_verified", "dcp_save",
+                "dcp_save_verified", "dcp_verify"):
+        assert medians[row] > 0 and f"{row} " in proc.stdout, row
+    assert ratios["save_verified_vs_torch"] == pytest.approx(medians["save_verified"] / medians["save_torch"])
+    from gpt4_lightning.config import compose_config, to_typed
+
+    with torch.device("meta"):  # gpt4_tiny's weights and two AdamW moments, fp32, and each tensor's step count
+        tiny = GPT4.from_config(to_typed(compose_config("train", ["model=gpt4_tiny"])).model).state_dict()
+    assert report["bytes"] == 3 * 4 * sum(t.numel() for t in tiny.values()) + 4 * len(tiny)
+    assert [r["gpus"] for r in report["formula"]] == [8, 512] and report["formula"][0]["sync_stall_s"] > 29
+    assert list(tmp_path.iterdir()) == [out]  # the checkpoints removed

@@ -94,10 +94,10 @@ def patched_save(prelude: str, at_step_40: str) -> str:
     return f"""
 import errno, os, runpy, sys, time
 from pathlib import Path
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from gpt4_lightning.checkpoint.io import VerifiedCheckpointIO
 
 {prelude}
-save = TorchCheckpointIO.save_checkpoint
+save = VerifiedCheckpointIO.save_checkpoint
 
 def patched(self, checkpoint, path, storage_options=None):
     if ".tmp-step000040" in str(path):
@@ -106,7 +106,7 @@ def patched(self, checkpoint, path, storage_options=None):
 {textwrap.indent(at_step_40, " " * 8)}
     return save(self, checkpoint, path, storage_options)
 
-TorchCheckpointIO.save_checkpoint = patched
+VerifiedCheckpointIO.save_checkpoint = patched
 sys.argv[0] = "train"
 runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
 """
@@ -140,12 +140,13 @@ def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path):
     assert os.path.realpath(ckpts / "last.ckpt").endswith("step000050.ckpt")
 
 
-def test_keep_last_k_rotates_but_keeps_last(workdir):
+def test_keep_last_k_rotates_but_keeps_last_and_every_kth_step(workdir):
     run_dir = workdir / "outputs" / "rotate"
     run(workdir, "train", *run_args(workdir, "rotate", "trainer.max_steps=50", "checkpoint.every_n_steps=10",
-                                "checkpoint.keep_last=2", "trainer.limit_val_batches=0"))
+                                "checkpoint.keep_last=2", "checkpoint.keep_every=20", "trainer.limit_val_batches=0"))
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert names == ["last.ckpt", "step000040.ckpt", "step000050.ckpt"], names
+    kept = ["step000020.ckpt", "step000040.ckpt", "step000050.ckpt"]  # 20 and 40: every 20th, kept for good
+    assert names == sorted(["last.ckpt", *kept, *(f"{k}.checksums.json" for k in kept)]), names
     assert os.path.realpath(run_dir / "checkpoints" / "last.ckpt").endswith("step000050.ckpt")
 
 
