@@ -3,12 +3,14 @@
 The state is what a training checkpoint of `--model` holds: the fp32 weights and AdamW's two moments (12 bytes a
 parameter), as a Lightning checkpoint dict. Rows, the writers taking turns round by round:
 
-- 1 process, a `.ckpt`: `torch.save(path)` (the raw baseline), Lightning's `TorchCheckpointIO` (serialises into
-  an in-memory buffer, then writes), ours (`VerifiedCheckpointIO`: streamed through xxh3-128, manifest beside it);
-  load: `torch.load` against ours (every byte verified, then `torch.load`).
+- 1 process, a `.ckpt`, each fsync'd: `torch.save(path)` (the raw baseline), Lightning's `TorchCheckpointIO`
+  (serialises into an in-memory buffer, then writes), ours (`VerifiedCheckpointIO`: streamed through xxh3-128,
+  the manifest beside it); `checkpoint.async_save`'s stall (staging into host memory, a thread started) and its
+  background write; load: `torch.load` against ours (every byte verified, then `torch.load`).
 - 2 gloo ranks, a DCP directory (each rank its half of every tensor, as FSDP2 shards them): DCP's
-  `FileSystemWriter` against ours (`HashingFileSystemWriter`, the same writer hashing as it writes); verification
-  of the whole directory split over the ranks.
+  `FileSystemWriter` against ours (`HashingFileSystemWriter`, the same writer hashing as it writes, then the
+  digests gathered and the manifest written), `async_save`'s stall and background write; verification of the
+  whole directory split over the ranks.
 
 Then, by formula, the training stall of a synchronous save of gpt4_2b (2.46e9 parameters, 29.5 GB of training
 state) at 8 and 512 GPUs, 8 GPUs a node, 1 GB/s of write bandwidth per node.
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 from machine_info import machine_info
 
+from gpt4_lightning.checkpoint.background import BackgroundSave, stage_to_host
 from gpt4_lightning.checkpoint.integrity import verify
 from gpt4_lightning.checkpoint.io import VerifiedCheckpointIO
 from gpt4_lightning.config import compose_config, to_typed
@@ -75,18 +78,37 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def durable(save, state: dict, path: Path) -> None:
+    """`save(state, path)`, then fsync: every checkpoint is made durable before it is published (as ours does)."""
+    save(state, path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def start_async(state: dict, path: Path) -> BackgroundSave:
+    """What the training step waits for under `checkpoint.async_save` (1 process): the staging, a thread started."""
+    staged = stage_to_host(state)
+    return BackgroundSave(lambda: VerifiedCheckpointIO().save_checkpoint(staged, path), name="bench")
+
+
+background: list[BackgroundSave] = []
+
+
 def one_process(model: str, root: Path, rounds: int) -> dict[str, list[float]]:
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     state = training_state(model)
-    path = {name: root / f"{name}.ckpt" for name in ("torch", "lightning", "verified")}
-    savers = {"save_torch": lambda: torch.save(state, path["torch"]),
-              "save_lightning": lambda: TorchCheckpointIO().save_checkpoint(state, path["lightning"]),
+    path = {name: root / f"{name}.ckpt" for name in ("torch", "lightning", "verified", "async")}
+    savers = {"save_torch": lambda: durable(torch.save, state, path["torch"]),
+              "save_lightning": lambda: durable(TorchCheckpointIO().save_checkpoint, state, path["lightning"]),
               "save_verified": lambda: VerifiedCheckpointIO().save_checkpoint(state, path["verified"])}
-    times: dict[str, list[float]] = {k: [] for k in [*savers, "load_torch", "load_verified"]}
+    times: dict[str, list[float]] = {k: [] for k in [*savers, "stall_async", "async_write", "load_torch",
+                                                     "load_verified"]}
     for turn in range(rounds):
         for name in (list(savers) if turn % 2 == 0 else list(reversed(savers))):
             times[name].append(timed(savers[name]))
+        times["stall_async"].append(timed(lambda: background.append(start_async(state, path["async"]))))
+        times["async_write"].append(background.pop().wait())
         times["load_torch"].append(timed(lambda: torch.load(path["verified"], weights_only=True)))
         times["load_verified"].append(timed(
             lambda: VerifiedCheckpointIO().load_checkpoint(path["verified"], weights_only=True)))
@@ -122,8 +144,14 @@ RANK = textwrap.dedent("""
         if rank == 0:
             write_manifest(Path(path), {{k: v for e in every for k, v in e.items()}}, 10)
 
-    writers = {{"dcp_save": save_plain, "dcp_save_verified": save_verified}}
-    times = {{k: [] for k in [*writers, "dcp_verify"]}}
+    group = dist.new_group(backend="gloo")
+    pending = []
+
+    def start_async(path):  # what the training step waits for under checkpoint.async_save: the staging
+        pending.append(dcp.async_save(flat, storage_writer=HashingFileSystemWriter(path), process_group=group))
+
+    writers = {{"dcp_save": save_plain, "dcp_save_verified": save_verified, "dcp_stall_async": start_async}}
+    times = {{k: [] for k in [*writers, "dcp_async_write", "dcp_verify"]}}
 
     def timed(fn):
         dist.barrier(); os.sync(); dist.barrier()
@@ -134,6 +162,8 @@ RANK = textwrap.dedent("""
         for name in (list(writers) if turn % 2 == 0 else list(reversed(writers))):
             path = os.path.join(root, name)
             times[name].append(timed(lambda: writers[name](path)))
+            if pending:
+                times["dcp_async_write"].append(timed(lambda: pending.pop().result()))
         verified = os.path.join(root, "dcp_save_verified")
         times["dcp_verify"].append(timed(lambda: verify(verified, rank=rank, world=world)))
     assert verify(verified).ok
@@ -156,6 +186,33 @@ def two_ranks(model: str, root: Path, rounds: int) -> dict[str, list[float]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+PEAK = textwrap.dedent("""
+    import os, resource, sys
+    sys.path.insert(0, os.path.join({repo!r}, "bench"))
+    from checkpoint_io import training_state, start_async
+    from gpt4_lightning.checkpoint.io import VerifiedCheckpointIO
+    state = training_state({model!r})
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if {background!r}:
+        start_async(state, {path!r}).wait()
+    else:
+        VerifiedCheckpointIO().save_checkpoint(state, {path!r})
+    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def peak_rss_mib(model: str, root: Path) -> dict[str, float]:
+    """Peak RSS of a process holding the state, over that before the save (MiB), sync and async, each in a
+    process of its own."""
+    rows = {}
+    for name, background in (("peak_rss_sync_mib", False), ("peak_rss_async_mib", True)):
+        script = PEAK.format(repo=str(REPO), model=model, background=background, path=str(root / f"{name}.ckpt"))
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
+        base, peak = (int(v) for v in out.stdout.split())
+        rows[name] = (peak - base) / 1024
+    return rows
+
+
 def stall_by_formula(params: float = 2.46e9, gpus_per_node: int = 8, node_gb_s: float = 1.0) -> list[dict]:
     """A synchronous save stalls every rank until its node has written its share: state / nodes / bandwidth."""
     state_gb = params * 12 / 1e9
@@ -176,10 +233,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ckpt_io.", dir=args.root))
     try:
         one, two = one_process(model, root, rounds), two_ranks(model, root, rounds)
+        rss = peak_rss_mib(model, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in {**one, **two}.items() if k != "bytes"}
     ratios = {"save_verified_vs_torch": median["save_verified"] / median["save_torch"],
+              "stall_async_vs_sync": median["stall_async"] / median["save_verified"],
+              "dcp_stall_async_vs_sync": median["dcp_stall_async"] / median["dcp_save_verified"],
               "save_verified_vs_lightning": median["save_verified"] / median["save_lightning"],
               "load_verified_vs_torch": median["load_verified"] / median["load_torch"],
               "dcp_save_verified_vs_dcp_save": median["dcp_save_verified"] / median["dcp_save"]}
@@ -190,12 +250,14 @@ def main() -> None:
         print(f"{name:24s} {seconds:8.2f} {gb / seconds:7.2f}")
     for name, ratio in ratios.items():
         print(f"{name:32s} {ratio:6.3f}")
+    for name, mib in rss.items():
+        print(f"{name:32s} {mib:8.0f} (the state: {one['bytes'][0] / 2**20:.0f} MiB)")
     formula = stall_by_formula()
     for row in formula:
         print(f"gpt4_2b at {row['gpus']} GPUs ({row['nodes']} nodes, 1 GB/s each): sync stall {row['sync_stall_s']} s")
     report = {"model": model, "rounds": rounds, "bytes": one["bytes"][0], "times_s": {**one, **two},
-              "medians_s": median, "ratios": ratios, "formula": formula, "machine": machine_info(),
-              "command": " ".join(["python", *sys.argv])}
+              "medians_s": median, "ratios": ratios, "peak_rss_above_state_mib": rss, "formula": formula,
+              "machine": machine_info(), "command": " ".join(["python", *sys.argv])}
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
 

@@ -96,28 +96,66 @@ class VerifiedModelParallelStrategy(ModelParallelStrategy):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
 
         path = Path(self.broadcast(filepath))
         path.mkdir(parents=True, exist_ok=True)
-        state = {"state_dict": checkpoint.pop("state_dict"),
-                 **{f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))}}
         writer = HashingFileSystemWriter(path)
-        dcp.save(state, storage_writer=writer)
-        digests = writer.fs.digests
+        dcp.save(self._sharded_state(checkpoint), storage_writer=writer)
+        self._finish_save(path, checkpoint, writer.fs.digests, group=None)
+
+    def start_async_save(self, checkpoint: dict[str, Any], path: Path) -> Callable[[], None]:
+        """Stage this rank's shards into host memory and start DCP's `async_save` on a gloo group of its own (the
+        training's collectives go on meanwhile); returns what the background thread runs to complete the save:
+        wait for the shards, write `meta.pt` and the manifest, and agree with every rank that all is written."""
+        import copy
+
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        if self._checkpoint_group is None:  # every rank, in the same order: the first async save
+            self._checkpoint_group = dist.new_group(backend="gloo")
+        path.mkdir(parents=True, exist_ok=True)
+        writer = HashingFileSystemWriter(path)
+        stager = DefaultStager(StagingOptions(use_pinned_memory=torch.cuda.is_available(), use_shared_memory=False,
+                                              use_async_staging=False, use_non_blocking_copy=False))
+        written = dcp.async_save(self._sharded_state(checkpoint), storage_writer=writer,
+                                 process_group=self._checkpoint_group, async_stager=stager)
+        rest = copy.deepcopy(checkpoint)  # loops, callbacks, RNG states: plain data, small
+        group = self._checkpoint_group
+
+        def finish() -> None:
+            written.result()
+            self._finish_save(path, rest, writer.fs.digests, group=group)
+
+        return finish
+
+    _checkpoint_group: Any = None
+
+    @staticmethod
+    def _sharded_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """What DCP writes (popped from `checkpoint`, as Lightning's save does): the model's and the optimizers'
+        sharded states."""
+        return {"state_dict": checkpoint.pop("state_dict"),
+                **{f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))}}
+
+    def _finish_save(self, path: Path, rest: dict[str, Any], digests: Digests, group: Any) -> None:
+        """Rank 0 writes `meta.pt` (hashed) and, with every rank's digests gathered over `group`, the manifest;
+        then a barrier: when it returns, the checkpoint is complete on every rank."""
+        import torch.distributed as dist
+
         if self.global_rank == 0:
             with open(path / SHARDED_META, "wb") as raw:
                 stream = HashingStream(raw)
-                torch.save(checkpoint, stream)
+                torch.save(rest, stream)
                 os.fsync(raw.fileno())
             digests.add(SHARDED_META, stream)
         every_rank: list[Any] = [None] * self.world_size
-        dist.all_gather_object(every_rank, digests.entries)
+        dist.all_gather_object(every_rank, digests.entries, group=group)
         if self.global_rank == 0:
-            write_manifest(path, {k: v for entries in every_rank for k, v in entries.items()},
-                           checkpoint.get("global_step"))
-        self.barrier("VerifiedModelParallelStrategy.save_checkpoint")
+            write_manifest(path, {k: v for entries in every_rank for k, v in entries.items()}, rest.get("global_step"))
+        dist.barrier(group=group)
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         return super().load_checkpoint(choose(self.broadcast(checkpoint_path), self.fallback),

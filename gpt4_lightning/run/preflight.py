@@ -48,6 +48,7 @@ class RunShape:
     parallel: ParallelConfig
     device: str  # cpu | cuda
     document_mask: bool = False
+    async_checkpoint: bool = False  # checkpoint.async_save: the training state staged in host memory
 
     @property
     def world(self) -> int:
@@ -85,7 +86,8 @@ def run_shape(run, trainer: DictConfig, gpus: int) -> RunShape:
     return RunShape(model=run.model, fsdp=uses_fsdp(trainer), devices=devices,
                     num_nodes=int(trainer.get("num_nodes", 1)), precision=str(trainer.get("precision", "32-true")),
                     micro_batch=run.data.batch_size, seq_len=run.data.seq_len, parallel=run.parallel,
-                    device="cuda" if cuda else "cpu", document_mask=run.data.document_mask)
+                    device="cuda" if cuda else "cpu", document_mask=run.data.document_mask,
+                    async_checkpoint=run.checkpoint.async_save)
 
 
 def gib(nbytes: float) -> str:
@@ -93,8 +95,15 @@ def gib(nbytes: float) -> str:
     return f"{nbytes / GIB:.1f}" if nbytes >= GIB else f"{nbytes / GIB:.2g}"
 
 
+def staging(plan: MemoryPlan, shape: RunShape) -> int:
+    """Host bytes per rank a background checkpoint stages (`checkpoint.async_save`): this rank's parameters and
+    optimizer state, what its share of a checkpoint holds; 0 for synchronous saves."""
+    return plan.params + plan.optimizer if shape.async_checkpoint else 0
+
+
 def _needed(plan: MemoryPlan, shape: RunShape) -> int:
-    return plan.peak + OVERHEAD[shape.device]
+    """Bytes per rank of the device's memory: on CPU the staged checkpoint lives there too."""
+    return plan.peak + OVERHEAD[shape.device] + (staging(plan, shape) if shape.device == "cpu" else 0)
 
 
 def describe(plan: MemoryPlan) -> str:
@@ -172,15 +181,20 @@ def check_memory(run, trainer: DictConfig, mode: str, limit_gib: float | None = 
         available = cuda_available(found[1][0] if found and found[1] else 0)
     else:
         available = cpu_available(shape.devices)
-    if shape.upper_bound() + OVERHEAD[shape.device] <= 0.5 * available.per_rank:
+    bound = shape.upper_bound() * (2 if shape.async_checkpoint else 1)  # staging < the bound's parameter share
+    if bound + OVERHEAD[shape.device] <= 0.5 * available.per_rank:
         return  # fits by a wide margin: no simulation needed
     plan = shape.plan()
+    if shape.device == "cuda" and shape.async_checkpoint:
+        check_host_staging(plan, shape, mode)
     needed = _needed(plan, shape)
     if needed <= NEAR * available.per_rank:
         return
     ranks = f"{shape.devices} {shape.device} rank(s) per node" if shape.devices > 1 else f"1 {shape.device} rank"
+    staged = (f" + {gib(staging(plan, shape))} GiB staged by checkpoint.async_save"
+              if shape.device == "cpu" and shape.async_checkpoint else "")
     what = (f"preflight: this run's memory plan is {describe(plan)} per rank + {OVERHEAD[shape.device] / GIB:.0f} "
-            f"GiB for the process, but {available.source} leaves {gib(available.per_rank)} GiB per rank "
+            f"GiB for the process{staged}, but {available.source} leaves {gib(available.per_rank)} GiB per rank "
             f"({ranks})")
     if needed <= available.per_rank:
         log.warning("%s: close to the limit", what)
@@ -192,3 +206,19 @@ def check_memory(run, trainer: DictConfig, mode: str, limit_gib: float | None = 
         log.warning("%s", message)
         return
     raise PreflightError(message)
+
+
+def check_host_staging(plan: MemoryPlan, shape: RunShape, mode: str) -> None:
+    """On CUDA a background checkpoint stages every local rank's state in the node's host memory (pinned)."""
+    host = cpu_available(1)
+    needed = shape.devices * staging(plan, shape)
+    if needed <= NEAR * host.per_rank:
+        return
+    message = (f"preflight: checkpoint.async_save stages {gib(needed)} GiB of training state in host memory "
+               f"({shape.devices} rank(s) x {gib(staging(plan, shape))} GiB), but {host.source} leaves "
+               f"{gib(host.per_rank)} GiB; checkpoint.async_save=false, or more FSDP ranks")
+    if mode == "warn" or needed <= host.per_rank:
+        log.warning("%s", message)
+        return
+    raise PreflightError(message)
+

@@ -166,10 +166,12 @@ def test_checkpoint_io_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     medians, ratios = report["medians_s"], report["ratios"]
-    for row in ("save_torch", "save_lightning", "save_verified", "load_torch", "load_verified", "dcp_save",
-                "dcp_save_verified", "dcp_verify"):
+    for row in ("save_torch", "save_lightning", "save_verified", "stall_async", "async_write", "load_torch",
+                "load_verified", "dcp_save", "dcp_save_verified", "dcp_stall_async", "dcp_async_write", "dcp_verify"):
         assert medians[row] > 0 and f"{row} " in proc.stdout, row
     assert ratios["save_verified_vs_torch"] == pytest.approx(medians["save_verified"] / medians["save_torch"])
+    assert ratios["stall_async_vs_sync"] == pytest.approx(medians["stall_async"] / medians["save_verified"])
+    assert set(report["peak_rss_above_state_mib"]) == {"peak_rss_sync_mib", "peak_rss_async_mib"}
     from gpt4_lightning.config import compose_config, to_typed
 
     with torch.device("meta"):  # gpt4_tiny's weights and two AdamW moments, fp32, and each tensor's step count

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt4_lightning.checkpoint.integrity import verify
 from gpt4_lightning.checkpoint.load import read_checkpoint
 from tests.helpers.cli import error_lines, run, start, step_losses, step_metric
 from tests.helpers.interrupted import EVERY, FLUSH, STEPS, STRATEGIES, run_args, wait_for, wait_past_checkpoint
 
 EVAL_METRIC = "eval/gpt4l_next_line/acc"
+ASYNC = "checkpoint.async_save=true"
 
 
 def resume_step(run_dir: Path) -> int:
@@ -31,7 +33,9 @@ def assert_same_from(resumed: dict[int, float], reference: dict[int, float], fir
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", [*STRATEGIES, "mix"])
 def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy, request):
-    """"mix": one process on data=mix (two sources, 0.75/0.25), whose stream must resume as exactly."""
+    """"one" and "fsdp" are killed while saving in the background (`checkpoint.async_save`) and compared with
+    uninterrupted runs that save synchronously; "mix": one process on data=mix (two sources, 0.75/0.25), saving
+    synchronously, whose stream must resume as exactly."""
     on_mix = request.getfixturevalue("mix_args") if strategy == "mix" else list
     extra = STRATEGIES.get(strategy, [])
     run(workdir, "train", *on_mix(run_args(workdir, f"whole_{strategy}", *extra)))
@@ -44,6 +48,8 @@ def test_sigkill_then_resume_is_bitwise_identical(workdir, strategy, request):
         assert lrs == pytest.approx({s: 3e-3 * wsd_definition(s, 5, STEPS, 0.9, "1-sqrt", 0.1) for s in lrs})
 
     run_dir = workdir / "outputs" / f"killed_{strategy}"
+    if strategy in STRATEGIES:  # the killed run saves in the background: its losses must still be the sync run's
+        extra = [*extra, ASYNC]
     proc = start(workdir, *on_mix(run_args(workdir, f"killed_{strategy}", *extra, FLUSH)))
     wait_past_checkpoint(run_dir, proc)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -114,15 +120,34 @@ runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
 
 SLOW_SAVE = patched_save("marker = Path(sys.argv.pop(1))", "marker.touch()\ntime.sleep(600)  # killed while 'writing'")
 FULL_DISK = patched_save("", "raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))")
+HELD_SAVE = patched_save(textwrap.dedent("""
+    marker, release, waiting = (Path(sys.argv.pop(1)) for _ in range(3))
+    from gpt4_lightning.checkpoint.background import BackgroundSave
+    wait = BackgroundSave.wait
+
+    def wait_noted(self):  # the training thread waits for a save still being written: say so
+        if not self.done():
+            waiting.touch()
+        return wait(self)
+
+    BackgroundSave.wait = wait_noted
+    """),
+                         "marker.touch()\nwhile not release.exists():  # a slow disk, until the test lets it finish\n"
+                         "    time.sleep(0.01)")
 
 
 @pytest.mark.slow
-def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path):
+@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
+def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path, background):
+    """async: the kill lands while the background thread writes step 40 and training has gone on; the resume
+    (to the end) then logs the uninterrupted sync run's losses."""
     script = tmp_path / "slow_save.py"
     script.write_text(SLOW_SAVE)
     marker = tmp_path / "saving"
-    run_dir = workdir / "outputs" / "kill_mid_save"
-    proc = start(workdir, *run_args(workdir, "kill_mid_save"), script=[str(script), str(marker)])
+    name = f"kill_mid_save_{'async' if background else 'sync'}"
+    run_dir = workdir / "outputs" / name
+    extra = [*STRATEGIES["one"], ASYNC] if background else []
+    proc = start(workdir, *run_args(workdir, name, *extra), script=[str(script), str(marker)])
     wait_for(marker, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -131,13 +156,54 @@ def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path):
     assert (ckpts / ".tmp-step000040.ckpt").exists()  # the interrupted save, never visible as a checkpoint
     assert not (ckpts / "step000040.ckpt").exists()
     assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt")
+    if background:
+        assert_same_from(resume(workdir, name, *extra), reference_losses(workdir, "one"), 20)
+        assert not (ckpts / ".tmp-step000040.ckpt").exists()
+        return
     sample = run(workdir, "generate", f"ckpt_path={ckpts / 'last.ckpt'}", "max_new_tokens=4", "prompt=def")
     assert "(step 20)" in sample.stdout
 
-    run(workdir, "train", *run_args(workdir, "kill_mid_save", "trainer.max_steps=50", "ckpt_path=last"))
+    run(workdir, "train", *run_args(workdir, name, "trainer.max_steps=50", "ckpt_path=last"))
     assert not (ckpts / ".tmp-step000040.ckpt").exists()  # cleaned up by the next run
     assert torch.load(ckpts / "step000040.ckpt", weights_only=True)["global_step"] == 40
     assert os.path.realpath(ckpts / "last.ckpt").endswith("step000050.ckpt")
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_background_save_exits_zero_once_it_is_complete(workdir, tmp_path):
+    """Step 40's background write is held until the test releases it, after SIGTERM and once the training thread
+    waits for it (the stop's own checkpoint must not start before it): the run ends with both published and
+    verified."""
+    script = tmp_path / "held_save.py"
+    script.write_text(HELD_SAVE)
+    marker, release, waiting = tmp_path / "saving", tmp_path / "release", tmp_path / "waiting"
+    run_dir = workdir / "outputs" / "sigterm_mid_save"
+    proc = start(workdir, *run_args(workdir, "sigterm_mid_save", ASYNC),
+                 script=[str(script), *(str(p) for p in (marker, release, waiting))])
+    wait_for(marker, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    wait_for(waiting, proc)  # the stop's checkpoint waits for step 40's, still held
+    release.touch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    ckpts = run_dir / "checkpoints"
+    stopped = resume_step(run_dir)
+    assert f"stopped by SIGTERM at step {stopped}" in out and stopped >= 40
+    assert verify(ckpts / "step000040.ckpt").ok and verify(ckpts / f"step{stopped:06d}.ckpt").ok
+    assert not list(ckpts.glob(".tmp-*"))
+
+
+def reference_losses(workdir: Path, strategy: str) -> dict[int, float]:
+    """The uninterrupted run of `strategy` (sync saves), made here when absent."""
+    reference_dir = workdir / "outputs" / f"whole_{strategy}"
+    if not reference_dir.exists():
+        run(workdir, "train", *run_args(workdir, f"whole_{strategy}", *STRATEGIES[strategy]))
+    return step_losses(reference_dir)
+
+
+def resume(workdir: Path, name: str, *extra: str) -> dict[int, float]:
+    run(workdir, "train", *run_args(workdir, name, *extra, "ckpt_path=last"))
+    return step_losses(workdir / "outputs" / name)
 
 
 def test_keep_last_k_rotates_but_keeps_last_and_every_kth_step(workdir):

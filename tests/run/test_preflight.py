@@ -50,6 +50,20 @@ def test_the_limit_is_the_plan_plus_the_process():
     check_memory(run_cfg, trainer_cfg, "off", 0.001)
 
 
+def test_a_background_checkpoint_plans_its_staged_copy_of_the_training_state():
+    """checkpoint.async_save on CPU: the staged parameters and AdamW state come on top of the step's peak."""
+    run_cfg, trainer_cfg = composed("model=gpt4_tiny", "data.seq_len=256", "data.batch_size=8",
+                                    "checkpoint.async_save=true")
+    shape = run_shape(run_cfg, trainer_cfg, gpus=0)
+    plan = shape.plan()
+    sync_needed = (plan.peak + OVERHEAD["cpu"]) / GIB
+    staged = (plan.params + plan.optimizer) / GIB
+    assert sync_needed * 1.02 < sync_needed + staged  # 12 bytes a parameter: more than the margin below
+    with pytest.raises(PreflightError, match=r"GiB staged by checkpoint.async_save"):
+        check_memory(run_cfg, trainer_cfg, "error", sync_needed * 1.02)  # enough for a sync save, not for this
+    check_memory(run_cfg, trainer_cfg, "error", (sync_needed + staged) * 1.02)
+
+
 def test_the_measured_cpu_configs_are_never_refused(monkeypatch):
     """bench/memory_plan.py --measure's configs run on this machine: the preflight must let them."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))  # bench/ is scripts, not a package
