@@ -13,7 +13,17 @@ import torch
 from gpt4_lightning.checkpoint.integrity import verify
 from gpt4_lightning.checkpoint.load import read_checkpoint
 from tests.helpers.cli import error_lines, run, start, step_losses, step_metric
-from tests.helpers.interrupted import EVERY, FLUSH, STEPS, STRATEGIES, run_args, wait_for, wait_past_checkpoint
+from tests.helpers.interrupted import (
+    EVERY,
+    FLUSH,
+    STEPS,
+    STRATEGIES,
+    last_logged_step,
+    run_args,
+    wait_for,
+    wait_past_checkpoint,
+)
+from tests.helpers.wait import wait_until
 
 EVAL_METRIC = "eval/gpt4l_next_line/acc"
 ASYNC = "checkpoint.async_save=true"
@@ -120,6 +130,30 @@ runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
 
 SLOW_SAVE = patched_save("marker = Path(sys.argv.pop(1))", "marker.touch()\ntime.sleep(600)  # killed while 'writing'")
 FULL_DISK = patched_save("", "raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))")
+LATE_THEN_KILLED = """
+import os, runpy, sys, time
+from pathlib import Path
+from gpt4_lightning.checkpoint.io import VerifiedCheckpointIO
+
+marker20, release, marker40 = (Path(sys.argv.pop(1)) for _ in range(3))
+save = VerifiedCheckpointIO.save_checkpoint
+
+def patched(self, checkpoint, path, storage_options=None):
+    if ".tmp-step000020" in str(path):  # a slow disk: written once the test says training has gone on
+        marker20.touch()
+        while not release.exists():
+            time.sleep(0.01)
+    if ".tmp-step000040" in str(path):
+        with open(path, "wb") as f:
+            f.write(b"PK partial checkpoint")
+        marker40.touch()
+        time.sleep(600)  # killed while 'writing'
+    return save(self, checkpoint, path, storage_options)
+
+VerifiedCheckpointIO.save_checkpoint = patched
+sys.argv[0] = "train"
+runpy.run_module("gpt4_lightning.train", run_name="__main__", alter_sys=True)
+"""
 HELD_SAVE = patched_save(textwrap.dedent("""
     marker, release, waiting = (Path(sys.argv.pop(1)) for _ in range(3))
     from gpt4_lightning.checkpoint.background import BackgroundSave
@@ -137,17 +171,13 @@ HELD_SAVE = patched_save(textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("background", [False, True], ids=["sync", "async"])
-def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path, background):
-    """async: the kill lands while the background thread writes step 40 and training has gone on; the resume
-    (to the end) then logs the uninterrupted sync run's losses."""
+def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path):
     script = tmp_path / "slow_save.py"
     script.write_text(SLOW_SAVE)
     marker = tmp_path / "saving"
-    name = f"kill_mid_save_{'async' if background else 'sync'}"
+    name = "kill_mid_save"
     run_dir = workdir / "outputs" / name
-    extra = [*STRATEGIES["one"], ASYNC] if background else []
-    proc = start(workdir, *run_args(workdir, name, *extra), script=[str(script), str(marker)])
+    proc = start(workdir, *run_args(workdir, name), script=[str(script), str(marker)])
     wait_for(marker, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -156,10 +186,6 @@ def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path, background):
     assert (ckpts / ".tmp-step000040.ckpt").exists()  # the interrupted save, never visible as a checkpoint
     assert not (ckpts / "step000040.ckpt").exists()
     assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt")
-    if background:
-        assert_same_from(resume(workdir, name, *extra), reference_losses(workdir, "one"), 20)
-        assert not (ckpts / ".tmp-step000040.ckpt").exists()
-        return
     sample = run(workdir, "generate", f"ckpt_path={ckpts / 'last.ckpt'}", "max_new_tokens=4", "prompt=def")
     assert "(step 20)" in sample.stdout
 
@@ -167,6 +193,33 @@ def test_kill_during_a_save_leaves_last_usable(workdir, tmp_path, background):
     assert not (ckpts / ".tmp-step000040.ckpt").exists()  # cleaned up by the next run
     assert torch.load(ckpts / "step000040.ckpt", weights_only=True)["global_step"] == 40
     assert os.path.realpath(ckpts / "last.ckpt").endswith("step000050.ckpt")
+
+
+@pytest.mark.slow
+def test_a_background_save_holds_its_steps_state_and_a_kill_during_one_keeps_the_previous(workdir, tmp_path):
+    """checkpoint.async_save: step 20's write is held until training has logged step 22 (the weights and AdamW
+    moments have moved on: only the staged copy is step 20's), step 40's is killed half-written. last is step
+    20, and the resume to the end logs the uninterrupted sync run's losses."""
+    script = tmp_path / "late_save.py"
+    script.write_text(LATE_THEN_KILLED)
+    marker20, release, marker40 = tmp_path / "saving20", tmp_path / "release", tmp_path / "saving40"
+    name = "kill_mid_background_save"
+    run_dir = workdir / "outputs" / name
+    extra = [*STRATEGIES["one"], ASYNC]
+    proc = start(workdir, *run_args(workdir, name, *extra, FLUSH),
+                 script=[str(script), *(str(p) for p in (marker20, release, marker40))])
+    wait_for(marker20, proc)
+    wait_until(lambda: last_logged_step(run_dir) >= 22, 300, what="step 22 in metrics.csv", proc=proc)
+    release.touch()
+    wait_for(marker40, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / ".tmp-step000040.ckpt").exists() and not (ckpts / "step000040.ckpt").exists()
+    assert os.path.realpath(ckpts / "last.ckpt").endswith("step000020.ckpt") and verify(ckpts / "last.ckpt").ok
+    assert_same_from(resume(workdir, name, *extra), reference_losses(workdir, "one"), 20)
+    assert not list(ckpts.glob(".tmp-*"))
 
 
 @pytest.mark.slow
