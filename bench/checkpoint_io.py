@@ -109,9 +109,10 @@ def one_process(model: str, root: Path, rounds: int) -> dict[str, list[float]]:
             times[name].append(timed(savers[name]))
         times["stall_async"].append(timed(lambda: background.append(start_async(state, path["async"]))))
         times["async_write"].append(background.pop().wait())
-        times["load_torch"].append(timed(lambda: torch.load(path["verified"], weights_only=True)))
-        times["load_verified"].append(timed(
-            lambda: VerifiedCheckpointIO().load_checkpoint(path["verified"], weights_only=True)))
+        loaders = {"load_torch": lambda: torch.load(path["verified"], weights_only=True),
+                   "load_verified": lambda: VerifiedCheckpointIO().load_checkpoint(path["verified"], weights_only=True)}
+        for name in (list(loaders) if turn % 2 == 0 else list(reversed(loaders))):
+            times[name].append(timed(loaders[name]))
     assert verify(path["verified"]).ok
     times["bytes"] = [nbytes(state)]
     return times
@@ -147,7 +148,7 @@ RANK = textwrap.dedent("""
     group = dist.new_group(backend="gloo")
     pending = []
 
-    def start_async(path):  # what the training step waits for under checkpoint.async_save: the staging
+    def start_async(path):  # what the training step waits for under checkpoint.async_save: DCP's staging
         pending.append(dcp.async_save(flat, storage_writer=HashingFileSystemWriter(path), process_group=group))
 
     writers = {{"dcp_save": save_plain, "dcp_save_verified": save_verified, "dcp_stall_async": start_async}}
@@ -187,17 +188,22 @@ def two_ranks(model: str, root: Path, rounds: int) -> dict[str, list[float]]:
 
 
 PEAK = textwrap.dedent("""
-    import os, resource, sys
+    import os, sys
     sys.path.insert(0, os.path.join({repo!r}, "bench"))
     from checkpoint_io import training_state, start_async
     from gpt4_lightning.checkpoint.io import VerifiedCheckpointIO
+
+    def high_water_kib():  # this process's own peak (getrusage's ru_maxrss keeps the forking parent's across exec)
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
     state = training_state({model!r})
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = high_water_kib()
     if {background!r}:
         start_async(state, {path!r}).wait()
     else:
         VerifiedCheckpointIO().save_checkpoint(state, {path!r})
-    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(base, high_water_kib())
 """)
 
 
@@ -227,7 +233,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="gpt4_tiny, 1 round")
     parser.add_argument("--root", type=Path, default=None, help="where the checkpoints are written (a temp dir)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "checkpoint_io.json")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "checkpoint_io.json")
     args = parser.parse_args()
     model, rounds = ("gpt4_tiny", 1) if args.quick else (args.model, args.rounds)
     root = Path(tempfile.mkdtemp(prefix="ckpt_io.", dir=args.root))
@@ -258,6 +264,7 @@ def main() -> None:
     report = {"model": model, "rounds": rounds, "bytes": one["bytes"][0], "times_s": {**one, **two},
               "medians_s": median, "ratios": ratios, "peak_rss_above_state_mib": rss, "formula": formula,
               "machine": machine_info(), "command": " ".join(["python", *sys.argv])}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
 

@@ -26,7 +26,7 @@ import xxhash
 
 from gpt4_lightning.utils.files import atomic_writer
 
-ALGORITHM = "xxh3_128"  # ~5 GB/s per core here, faster than the disks it guards; sha256 is ~0.7 GB/s
+ALGORITHM = "xxh3_128"  # faster than the disks it guards, from the page cache too (BENCHMARKS.md)
 MANIFEST = "checksums.json"  # inside a sharded checkpoint directory
 SIDECAR_SUFFIX = ".checksums.json"  # beside a checkpoint file
 FILE_ITSELF = "."  # a `.ckpt` file's entry in its own manifest (its name changes when it is published)
