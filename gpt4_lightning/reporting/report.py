@@ -53,7 +53,8 @@ def sample_text(run_dir: Path, max_new_tokens: int, device: str = "cpu") -> str 
     from gpt4_lightning.checkpoint.load import load_model
     from gpt4_lightning.data.prepare.tokenizer import tokenizer_and_eos
 
-    model, meta = load_model(last, device)
+    # a sample, not a resume: verifying would read the optimizer state too (a sharded checkpoint's 2/3)
+    model, meta = load_model(last, device, check_sums=False)
     tokenizer, eos = tokenizer_and_eos(meta["data_dir"], None)
     prompt = torch.tensor([[eos if eos is not None else 0]], device=device)
     generator = torch.Generator(device=device).manual_seed(0)
