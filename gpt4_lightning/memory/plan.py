@@ -93,6 +93,12 @@ class MemoryPlan:
 
     COMPONENTS = ("params", "grads", "optimizer", "comm_buffers", "activations", "transient", "peak")
 
+    @property
+    def checkpoint_staging(self) -> int:
+        """Host bytes a background checkpoint (`checkpoint.async_save`) stages besides the step's peak: this rank's
+        parameters and optimizer state, what its share of a checkpoint holds (on CPU, the same memory as `peak`)."""
+        return self.params + self.optimizer
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

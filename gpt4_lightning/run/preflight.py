@@ -96,9 +96,8 @@ def gib(nbytes: float) -> str:
 
 
 def staging(plan: MemoryPlan, shape: RunShape) -> int:
-    """Host bytes per rank a background checkpoint stages (`checkpoint.async_save`): this rank's parameters and
-    optimizer state, what its share of a checkpoint holds; 0 for synchronous saves."""
-    return plan.params + plan.optimizer if shape.async_checkpoint else 0
+    """Host bytes per rank a background checkpoint stages (`MemoryPlan.checkpoint_staging`); 0 for sync saves."""
+    return plan.checkpoint_staging if shape.async_checkpoint else 0
 
 
 def _needed(plan: MemoryPlan, shape: RunShape) -> int:

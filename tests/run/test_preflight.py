@@ -57,7 +57,8 @@ def test_a_background_checkpoint_plans_its_staged_copy_of_the_training_state():
     shape = run_shape(run_cfg, trainer_cfg, gpus=0)
     plan = shape.plan()
     sync_needed = (plan.peak + OVERHEAD["cpu"]) / GIB
-    staged = (plan.params + plan.optimizer) / GIB
+    assert plan.checkpoint_staging == plan.params + plan.optimizer  # weights and AdamW moments, this rank's
+    staged = plan.checkpoint_staging / GIB
     assert sync_needed * 1.02 < sync_needed + staged  # 12 bytes a parameter: more than the margin below
     with pytest.raises(PreflightError, match=r"GiB staged by checkpoint.async_save"):
         check_memory(run_cfg, trainer_cfg, "error", sync_needed * 1.02)  # enough for a sync save, not for this
