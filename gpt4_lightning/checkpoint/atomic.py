@@ -201,9 +201,8 @@ class AtomicCheckpoint(L.Callback):
         steps = sorted((int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := STEP_NAME.match(p.name)))
         for step, path in steps[: -self.keep_last_k]:
             if path != keep and not (self.keep_every and step % self.keep_every == 0):
-                remove(manifest_path(path))
-                remove(path)
-        for sidecar in self.dirpath.glob("*" + SIDECAR_SUFFIX):  # of a file removed by hand
+                remove(path)  # a directory's manifest is inside it; a file's sidecar goes below
+        for sidecar in self.dirpath.glob("*" + SIDECAR_SUFFIX):  # of a file pruned, removed by hand, or not published
             if not sidecar.with_name(sidecar.name.removesuffix(SIDECAR_SUFFIX)).exists():
                 remove(sidecar)
 

@@ -76,13 +76,25 @@ class Digests:
     def __init__(self) -> None:
         self._lock, self.entries = threading.Lock(), {}
 
-    def add(self, name: str, stream: HashingStream) -> None:
+    def add(self, name: str, entry: dict[str, Any]) -> None:
         with self._lock:
-            self.entries[name] = stream.entry()
+            self.entries[name] = entry
 
     def rename(self, old: str, new: str) -> None:
         with self._lock:
             self.entries[new] = self.entries.pop(old)
+
+
+def save_hashed(obj: Any, path: Path) -> dict[str, Any]:
+    """`torch.save(obj, path)` through a `HashingStream`, fsync'd; the file's manifest entry."""
+    import torch
+
+    with open(path, "wb") as raw:
+        stream = HashingStream(raw)
+        torch.save(obj, stream)
+        raw.flush()
+        os.fsync(raw.fileno())
+    return stream.entry()
 
 
 def write_manifest(checkpoint: Path, entries: dict[str, dict[str, Any]], step: int | None) -> None:

@@ -21,7 +21,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.filesystem import FileSystem
 
 from gpt4_lightning.checkpoint.format import SHARDED_META
-from gpt4_lightning.checkpoint.integrity import FILE_ITSELF, Digests, HashingStream, write_manifest
+from gpt4_lightning.checkpoint.integrity import FILE_ITSELF, Digests, HashingStream, save_hashed, write_manifest
 from gpt4_lightning.checkpoint.resume import choose
 
 
@@ -38,12 +38,7 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as raw:
-            stream = HashingStream(raw)
-            torch.save(checkpoint, stream)
-            raw.flush()
-            os.fsync(raw.fileno())
-        write_manifest(path, {FILE_ITSELF: stream.entry()}, checkpoint.get("global_step"))
+        write_manifest(path, {FILE_ITSELF: save_hashed(checkpoint, path)}, checkpoint.get("global_step"))
 
     def load_checkpoint(self, path: Any, map_location: Callable | None = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
@@ -66,7 +61,7 @@ class HashingFileSystem(FileSystem):
                 return
             stream = HashingStream(raw)
             yield stream
-        self.digests.add(self._name(path), stream)
+        self.digests.add(self._name(path), stream.entry())
 
     def rename(self, path: str | os.PathLike, new_path: str | os.PathLike) -> None:
         super().rename(path, new_path)
@@ -146,11 +141,7 @@ class VerifiedModelParallelStrategy(ModelParallelStrategy):
         import torch.distributed as dist
 
         if self.global_rank == 0:
-            with open(path / SHARDED_META, "wb") as raw:
-                stream = HashingStream(raw)
-                torch.save(rest, stream)
-                os.fsync(raw.fileno())
-            digests.add(SHARDED_META, stream)
+            digests.add(SHARDED_META, save_hashed(rest, path / SHARDED_META))
         every_rank: list[Any] = [None] * self.world_size
         dist.all_gather_object(every_rank, digests.entries, group=group)
         if self.global_rank == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +39,39 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
+Found = tuple[Path, Verdict] | None
+
+
+def first_sound(requested: Path, fallback: bool,
+                check: Callable[[Path], Verdict]) -> tuple[Found, list[tuple[Path, str]]]:
+    """Walk `requested`, then (`fallback`) the older checkpoints beside it, newest first, until one passes `check`:
+    that one and its verdict (None if none does), and the (checkpoint, problem) of each that failed before it."""
+    failures: list[tuple[Path, str]] = []
+    for candidate in [requested, *(older_checkpoints(requested) if fallback else [])]:
+        verdict = check(candidate)
+        if verdict.ok:
+            return (candidate, verdict), failures
+        failures.append((candidate, str(verdict.problem)))
+    return None, failures
+
+
 def complete_checkpoint(path: Path, ckpt_path: str, fallback: bool) -> Path:
     """`path`, if every file its manifest lists is there and of its size (a stat per file, no reading); else, with
     `fallback`, the newest older checkpoint of the run that is, with one warning line. The checksums themselves are
-    verified once the ranks are up (`integrity.choose`, every rank hashing its share)."""
+    verified once the ranks are up (`choose`, every rank hashing its share)."""
     requested = Path(os.path.realpath(path))
-    first = verify(requested, contents=False)
-    if first.ok:
+    found, failures = first_sound(requested, fallback, lambda c: verify(c, contents=False))
+    if not failures:
         return path
+    problem = failures[0][1]
+    if found is not None:
+        log.warning(describe_fallback(requested, problem, found[0]))
+        return found[0]
     if not fallback:
-        raise ValueError(f"ckpt_path={ckpt_path}: checkpoint {requested} is incomplete ({first.problem}); use "
+        raise ValueError(f"ckpt_path={ckpt_path}: checkpoint {requested} is incomplete ({problem}); use "
                          "another checkpoint (e.g. an earlier stepNNNNNN.ckpt of the run, or ckpt_path=last)")
-    for older in older_checkpoints(requested):
-        if verify(older, contents=False).ok:
-            log.warning(describe_fallback(requested, str(first.problem), older))
-            return older
     raise ValueError(f"ckpt_path={ckpt_path}: no complete checkpoint in {requested.parent} (the newest, "
-                     f"{requested.name}: {first.problem}); start fresh without ckpt_path")
+                     f"{requested.name}: {problem}); start fresh without ckpt_path")
 
 
 def describe_fallback(bad: Path, problem: str, chosen: Path) -> str:
@@ -83,18 +100,15 @@ def choose(checkpoint: str | os.PathLike, fallback: bool) -> Path:
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     requested = Path(os.path.realpath(checkpoint))
-    candidates = [requested, *(older_checkpoints(requested) if fallback else [])]
-    failures: list[tuple[Path, str]] = []
-    for candidate in candidates:
-        verdict = _gathered_problem(verify(candidate, rank=rank, world=world))
-        if verdict.ok:
-            if failures and rank == 0:
-                log.warning(describe_fallback(*failures[0], candidate))
-            if not verdict.manifest and rank == 0:
-                log.warning("checkpoint %s has no checksums (written before gpt4_lightning verified checkpoints): "
-                            "loaded unverified", candidate)
-            return candidate
-        failures.append((candidate, str(verdict.problem)))
+    found, failures = first_sound(requested, fallback, lambda c: _gathered_problem(verify(c, rank=rank, world=world)))
+    if found is not None:
+        chosen, verdict = found
+        if failures and rank == 0:
+            log.warning(describe_fallback(*failures[0], chosen))
+        if not verdict.manifest and rank == 0:
+            log.warning("checkpoint %s has no checksums (written before gpt4_lightning verified checkpoints): "
+                        "loaded unverified", chosen)
+        return chosen
     bad, problem = failures[0]
     if not fallback:
         raise ValueError(f"ckpt_path={checkpoint}: checkpoint {bad} failed verification ({problem}); use another "

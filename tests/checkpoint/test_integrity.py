@@ -16,18 +16,14 @@ from gpt4_lightning.checkpoint.integrity import file_digest, manifest_path, veri
 from gpt4_lightning.checkpoint.io import HashingFileSystemWriter, VerifiedCheckpointIO
 from gpt4_lightning.checkpoint.paths import LAST, step_name
 from gpt4_lightning.checkpoint.resume import choose, resolve_ckpt_path
+from tests.helpers.corrupt import complement_block
 
 STATE = {"state_dict": {"model.w": torch.arange(300_000, dtype=torch.float32)}, "global_step": 0}
 
 
-def flip(path: Path, at: float = 0.5, nbytes: int = 4096) -> None:
-    """Overwrite `nbytes` at fraction `at` of the file with their complement (a bad block: same size)."""
-    offset = int(path.stat().st_size * at)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        block = f.read(nbytes)
-        f.seek(offset)
-        f.write(bytes(255 - b for b in block))
+def flip(path: Path) -> None:
+    """A bad 4 KiB block in the middle of the file."""
+    complement_block(path, path.stat().st_size // 2)
 
 
 def run_dir_with(tmp_path: Path, steps: list[int]) -> Path:

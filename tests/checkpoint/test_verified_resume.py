@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import error_lines, logged_losses, run, step_losses
+from tests.helpers.corrupt import complement_block
 from tests.helpers.interrupted import EVERY, STEPS, STRATEGIES, run_args
 
 NEWEST, BEFORE = f"step{STEPS:06d}.ckpt", f"step{STEPS - EVERY:06d}.ckpt"
@@ -34,11 +35,7 @@ def flip_inside_a_tensor(checkpoint: Path) -> str:
             name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
         path = checkpoint
         offset = record.header_offset + 30 + name_len + extra_len + record.file_size // 2
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        block = f.read(4096)
-        f.seek(offset)
-        f.write(bytes(255 - b for b in block))
+    complement_block(path, offset)
     return path.name
 
 
